@@ -469,7 +469,14 @@ describe("users:list", () => {
       .split("\n")
       .map((line) => JSON.parse(line) as Record<string, unknown>);
     expect(parsed.map((account) => account.role)).toEqual(["admin", "user"]);
-    expect(Object.keys(parsed[0]!).sort()).toEqual(["createdAt", "email", "id", "intact", "role"]);
+    expect(Object.keys(parsed[0]!).sort()).toEqual([
+      "createdAt",
+      "email",
+      "id",
+      "intact",
+      "role",
+      "setAside",
+    ]);
     // A role written into the file: the row no longer matches its seal, and the list says so.
     const db = new Database(path);
     db.run("UPDATE users SET role = 'admin' WHERE email = 'b@example.test'");

@@ -170,7 +170,7 @@ describe("users:erase", () => {
     expect(count(target, "SELECT count(*) AS n FROM users")).toBe(1);
     const missing = await cli(target, ["users:erase", "--yes"]);
     expect(missing.code).toBe(2);
-    expect(missing.stderr).toBe("palisade users:erase: --email is required");
+    expect(missing.stderr).toBe("palisade users:erase: give one of --email or --id");
   });
 });
 

@@ -1,6 +1,7 @@
 import { generateSecret } from "../../config/secrets";
 import { spellOut } from "../../logging/spell-out";
-import { INVALID_EMAIL_MESSAGES } from "../../modules/auth/email";
+import { INVALID_EMAIL_MESSAGES, normalizeEmail } from "../../modules/auth/email";
+import type { OperatorAccount } from "../../modules/auth/service";
 import type { Role } from "../../plugins/auth/principal";
 import {
   CliError,
@@ -37,6 +38,46 @@ function shownAddress(address: unknown): string {
   if (typeof address !== "string") return spellOut(address);
   if (address.length <= SHOWN_ADDRESS_CHARACTERS) return address;
   return `${address.slice(0, SHOWN_ADDRESS_CHARACTERS)}… (${address.length} characters)`;
+}
+
+/**
+ * The account `--email` or `--id` names (one of them). An address finds the account holding its
+ * key; an account set aside at start (its address collides with another's) has none, and is named
+ * by its id: its own stored spelling typed is refused, never taken for the other (probe 92a F1: it
+ * promoted and erased the account holding the key), and any other spelling is said to have such
+ * accounts beside it.
+ */
+function namedAccount(
+  args: ParsedArgs,
+  context: Pick<CommandContext, "services" | "err">,
+): OperatorAccount {
+  const { auth } = context.services();
+  const { email, id } = args.flags;
+  if ((typeof email === "string") === (typeof id === "string")) {
+    throw new CliError("give one of --email or --id", EXIT_USAGE);
+  }
+  if (typeof id === "string") {
+    const user = auth.accountForOperatorById(id);
+    if (!user) throw new CliError(`no account has the id ${id}`);
+    return user;
+  }
+  const typed = email as string;
+  const user = auth.accountForOperator(typed);
+  const alike = auth.setAsideAlike(typed);
+  const asStored = normalizeEmail(typed)?.email;
+  const meant = alike.find((row) => row.email === asStored);
+  if (meant !== undefined && user?.email !== asStored) {
+    throw new CliError(
+      `${shownAddress(meant.email)} is the address of ${shownId(meant.id)}, an account set aside at start (its address folds onto another account's, which it would find): name it with --id ${shownId(meant.id)}`,
+    );
+  }
+  if (!user) throw new CliError(`no account has the email ${typed}`);
+  if (alike.length > 0) {
+    context.err(
+      `note: set aside at start beside this account, their addresses folding onto its: ${alike.map((row) => shownId(row.id)).join(", ")}; this command acts on ${shownAddress(user.email)} (${shownId(user.id)}); name another with --id`,
+    );
+  }
+  return user;
 }
 
 /** Said after a command took away the last admin account (probe 35c I4, 36a F8). */
@@ -83,14 +124,12 @@ export const usersCreate: Command = {
 export const usersRole: Command = {
   name: "users:role",
   summary: "Change an account's role; its sessions end so the new role applies at once",
-  usage: "users:role --email E --role user|admin",
+  usage: "users:role [--email E] [--id ID] --role user|admin",
   run(args, context) {
-    const email = requireFlag(args, "email");
     if (args.flags.role === undefined) throw new CliError("--role is required", EXIT_USAGE);
     const role = roleFlag(args);
     const { auth } = context.services();
-    const user = auth.accountForOperator(email);
-    if (!user) throw new CliError(`no account has the email ${email}`);
+    const user = namedAccount(args, context);
     // Said as the account holds it: the operator's spelling only found it (probe 85c F2).
     const shown = shownAddress(user.email);
     if (user.erased) {
@@ -110,7 +149,7 @@ export const usersRole: Command = {
     if (!user.intact) {
       // A role written into the file, put back to the one the seal was made over, leaves the row
       // as Palisade wrote it: it matches its seal again (probe 32a F1). Said as it is now.
-      const after = auth.accountForOperator(email);
+      const after = auth.accountForOperatorById(user.id);
       context.err(
         after?.intact
           ? `the account of ${shown} did not match its seal (its role was written into the database file); with the role it was sealed with, it matches it again and can sign in: its sessions were ended`
@@ -143,13 +182,17 @@ export const usersList: Command = {
       return 0;
     }
     if (accounts.length === 0) context.out("no accounts");
-    for (const { id, email, role: held, createdAt, intact } of accounts) {
+    for (const { id, email, role: held, createdAt, intact, setAside } of accounts) {
       // An erased account's row copied back matches its seal but is refused too (probe 80a F2).
       const refused = intact
         ? ""
         : "  refused (does not match its seal, or an erased account's copied back: db:verify says which)";
+      // Its address finds another account: it is named by its id (probe 92a F1).
+      const aside = setAside
+        ? "  set aside (its address collides with another account's: it cannot sign in by address; name it with --id)"
+        : "";
       context.out(
-        `${shownId(id)}  ${email}  ${held}  created ${when(createdAt) ?? "unknown"}${refused}`,
+        `${shownId(id)}  ${email}  ${held}  created ${when(createdAt) ?? "unknown"}${refused}${aside}`,
       );
     }
     return 0;
@@ -160,12 +203,10 @@ export const usersErase: Command = {
   name: "users:erase",
   summary:
     "Erase an account as DELETE /api/me does (for a user who cannot sign in to do it): sessions and API keys revoked, data deleted, audit rows pseudonymised",
-  usage: "users:erase --email E --yes",
+  usage: "users:erase [--email E] [--id ID] --yes",
   async run(args, context) {
-    const email = requireFlag(args, "email");
     const { auth, privacy } = context.services();
-    const user = auth.accountForOperator(email);
-    if (!user) throw new CliError(`no account has the email ${email}`);
+    const user = namedAccount(args, context);
     // Said as the account holds it: the operator's spelling only found it (probe 85c F2).
     const shown = shownAddress(user.email);
     // Irreversible: the command says what it would erase until it is told to.

@@ -6,7 +6,7 @@
  * round (probe 91i F4). Such keys are the ones holding `ß` (no folded key holds it now), found
  * through a partial index so that a start does not read every account.
  */
-import { eq, sql } from "drizzle-orm";
+import { and, asc, eq, gt, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { users } from "../../db/schema";
 import type { CredentialSeal } from "../../plugins/auth/seal";
@@ -14,43 +14,61 @@ import { sealedAccountColumns } from "../../plugins/auth/sealed-columns";
 import { foldCase } from "./email";
 
 /**
- * Folds again every stored key a second fold changes, resealing the rows that were sealed as they
- * stood (a row written into the file stays refused). A key another account already holds is not
- * taken: that row is set aside (its key null, as `reconcileEmailKeys` sets aside a collision) and
- * its id returned. One immediate transaction, so processes starting together do it once.
+ * Rows folded in one write transaction: another process starting on the file waits for one part,
+ * never for all (probe 92a F4: 100,000 rows held the lock 6.4 s, and processes starting beside it
+ * exited on the lock).
+ */
+const REFOLD_PART = 500;
+
+/**
+ * Folds again every stored key a second fold changes, on rows that match their seal (resealed with
+ * the new key). A row that does not is left as it is: it is refused anyway, and put back as it was
+ * sealed it matches again, which a changed key would have undone for good (probe 92a F2). A key
+ * another account already holds, intact, is not taken: this row is set aside (its key null, as
+ * `reconcileEmailKeys` sets aside a collision) and its id returned; held by a row that fails its
+ * seal (written into the file), the key is taken from that row, which was refused anyway (92a F3:
+ * a forged row set a genuine account aside). In parts of `REFOLD_PART` rows, each an immediate
+ * transaction, so processes starting together share the work.
  */
 export function refoldEmailKeys(db: AppDatabase, seal: CredentialSeal): string[] {
-  return db.transaction(
-    () => {
-      const setAside: string[] = [];
-      const rows = db
-        .select(sealedAccountColumns)
-        .from(users)
-        .where(sql`instr(${users.emailKey}, 'ß') > 0`)
-        .all();
-      for (const row of rows) {
-        if (typeof row.emailKey !== "string") continue;
-        // The domain is ASCII (IDNA), which folding leaves as it is.
-        const folded = foldCase(row.emailKey);
-        if (folded === row.emailKey) continue;
-        const holder = db
-          .select({ id: users.id })
+  const setAside: string[] = [];
+  let after = "";
+  for (;;) {
+    const part = db.transaction(
+      () => {
+        const rows = db
+          .select(sealedAccountColumns)
           .from(users)
-          .where(eq(users.emailKey, folded))
-          .get();
-        const emailKey = holder === undefined ? folded : null;
-        if (emailKey === null) setAside.push(row.id);
-        db.update(users)
-          .set(
-            seal.intact.account(row)
-              ? { emailKey, seal: seal.account({ ...row, emailKey }) }
-              : { emailKey },
-          )
-          .where(eq(users.id, row.id))
-          .run();
-      }
-      return setAside;
-    },
-    { behavior: "immediate" },
-  );
+          .where(and(sql`instr(${users.emailKey}, 'ß') > 0`, gt(users.id, after)))
+          .orderBy(asc(users.id))
+          .limit(REFOLD_PART)
+          .all();
+        for (const row of rows) {
+          if (typeof row.emailKey !== "string" || !seal.intact.account(row)) continue;
+          // The domain is ASCII (IDNA), which folding leaves as it is.
+          const folded = foldCase(row.emailKey);
+          if (folded === row.emailKey) continue;
+          const holder = db
+            .select(sealedAccountColumns)
+            .from(users)
+            .where(eq(users.emailKey, folded))
+            .get();
+          if (holder !== undefined && !seal.intact.account(holder)) {
+            db.update(users).set({ emailKey: null }).where(eq(users.id, holder.id)).run();
+          }
+          const held = holder !== undefined && seal.intact.account(holder);
+          const emailKey = held ? null : folded;
+          if (held) setAside.push(row.id);
+          db.update(users)
+            .set({ emailKey, seal: seal.account({ ...row, emailKey }) })
+            .where(eq(users.id, row.id))
+            .run();
+        }
+        return rows.at(-1)?.id;
+      },
+      { behavior: "immediate" },
+    );
+    if (typeof part !== "string") return setAside;
+    after = part;
+  }
 }

@@ -46,7 +46,7 @@ import { sqliteCodeOf } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
 import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
-import type { Logger } from "../../logging/logger";
+import { type Logger, storedText } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import type { Role } from "../../plugins/auth/principal";
@@ -70,7 +70,7 @@ import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
-import { checkEmail, emailLookupKey } from "./email";
+import { checkEmail, emailLookupKey, MAX_EMAIL_LENGTH } from "./email";
 import { refoldEmailKeys } from "./email-keys";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
@@ -228,6 +228,26 @@ export function accountLimitKey(rawEmail: string): string {
   return `account:${sha256Hex(emailLookupKey(rawEmail))}`;
 }
 
+/**
+ * The accounts a start's warn line names: at most a hundred, each id cut as the seal reports cut
+ * them (an id written into the file made a line of a million characters, probe 92a F5).
+ */
+function accountsNamed(ids: readonly unknown[]): { users: string[]; more?: number } {
+  const named = ids
+    .slice(0, 100)
+    .map((id) => storedText(typeof id === "string" ? id : String(id), 64));
+  return ids.length > 100 ? { users: named, more: ids.length - 100 } : { users: named };
+}
+
+/** An account as an operator command sees it (accountForOperator). */
+export interface OperatorAccount {
+  id: string;
+  email: unknown;
+  role: Role;
+  intact: boolean;
+  erased: boolean;
+}
+
 export class AuthService {
   /** Built on first registration, which is when zxcvbn is loaded (see passwords.ts). */
   private passwordChecker: ReturnType<typeof createPasswordChecker> | null = null;
@@ -263,8 +283,8 @@ export class AuthService {
     const refoldedAside = refoldEmailKeys(this.db, options.seal);
     if (refoldedAside.length > 0) {
       options.logger.warn(
-        { users: refoldedAside },
-        "accounts whose address folds again (capital ẞ) onto another account's cannot sign in by email until resolved",
+        accountsNamed(refoldedAside),
+        "accounts whose address folds again (capital ẞ) onto another account's cannot sign in by email until resolved: users:list marks them; name them with --id (users:role, users:erase)",
       );
     }
     this.reconcileEmailKeys();
@@ -385,17 +405,22 @@ export class AuthService {
           // A value read from the file may be anything: a BLOB written there stopped every start
           // with a TypeError that named no row (probe 79c F2). It is no valid address.
           const verdict = typeof row.email === "string" ? checkEmail(row.email) : null;
-          if (
-            verdict === null ||
-            !verdict.ok ||
-            this.statements.userByEmail.get({ value: verdict.key })
-          ) {
+          const intact = seal.intact.account(row);
+          const holder = verdict?.ok
+            ? this.statements.userByEmail.get({ value: verdict.key })
+            : undefined;
+          // A holder written into the file sets no sealed account aside: it gives the key up (it
+          // was refused anyway; probe 92a F3 found it so in the refold, which shares the rule).
+          const held = holder !== undefined && (!intact || seal.intact.account(holder));
+          if (verdict === null || !verdict.ok || held) {
             setAside.push(row.id);
             continue;
           }
+          if (holder !== undefined) {
+            db.update(users).set({ emailKey: null }).where(eq(users.id, holder.id)).run();
+          }
           const address = { email: verdict.email, emailKey: verdict.key };
           // Resealed only if it was sealed as it stood: a row written into the file stays refused.
-          const intact = seal.intact.account(row);
           db.update(users)
             .set(intact ? { ...address, seal: seal.account({ ...row, ...address }) } : address)
             .where(eq(users.id, row.id))
@@ -406,8 +431,8 @@ export class AuthService {
     );
     if (setAside.length > 0) {
       logger.warn(
-        { users: setAside },
-        "accounts stored before email normalisation (or set aside when their key was folded again) collide with another account or are not valid addresses; they cannot sign in by email until resolved",
+        accountsNamed(setAside),
+        "accounts stored before email normalisation (or set aside when their key was folded again) collide with another account or are not valid addresses; they cannot sign in by email until resolved: users:list marks them; name them with --id (users:role, users:erase)",
       );
     }
   }
@@ -1125,6 +1150,8 @@ export class AuthService {
     role: Role;
     createdAt: Date;
     intact: boolean;
+    /** No key (set aside at start): it cannot sign in by address, and is named by its id. */
+    setAside: boolean;
   }[] {
     const { seal } = this.options;
     return this.db
@@ -1138,6 +1165,7 @@ export class AuthService {
         role: row.role,
         createdAt: row.createdAt,
         intact: seal.intact.account(row),
+        setAside: row.emailKey === null,
       }));
   }
 
@@ -1146,11 +1174,38 @@ export class AuthService {
    * matches its seal (`intact`): an operator must still be able to demote an account whose row was
    * written into the file, and to be told so.
    */
-  accountForOperator(
-    email: string,
-  ): { id: string; email: unknown; role: Role; intact: boolean; erased: boolean } | null {
+  accountForOperator(email: string): OperatorAccount | null {
     const row = this.statements.userByEmail.get({ value: emailLookupKey(email) });
-    if (!row) return null;
+    return row ? this.asOperatorSees(row) : null;
+  }
+
+  /** An account by its id, for one that has no key (set aside at start) or to be exact. */
+  accountForOperatorById(id: string): OperatorAccount | null {
+    const row = this.statements.userById.get({ value: id });
+    return row ? this.asOperatorSees(row) : null;
+  }
+
+  /**
+   * The accounts set aside at start (no key) whose address has the key `email` has: the address
+   * finds the account holding the key, never them (probe 92a F1: an operator naming one by its
+   * own stored spelling promoted or erased the other). Few: rows only a collision leaves.
+   */
+  setAsideAlike(email: string): { id: string; email: unknown }[] {
+    const key = emailLookupKey(email);
+    return this.db
+      .select({ id: users.id, email: users.email })
+      .from(users)
+      .where(isNull(users.emailKey))
+      .all()
+      .filter(
+        (row) =>
+          typeof row.email === "string" &&
+          row.email.length <= MAX_EMAIL_LENGTH &&
+          emailLookupKey(row.email) === key,
+      );
+  }
+
+  private asOperatorSees(row: UserRow): OperatorAccount {
     const { seal } = this.options;
     const intact = seal.intact.account(row);
     return {

@@ -7,8 +7,10 @@
 import { afterEach, describe, expect, spyOn, test } from "bun:test";
 import { buildTestApp, PRODUCTION_ENV, secondProcess, send, type TestApp } from "../../support/app";
 import { STRONG_PASSWORD } from "../../support/auth";
+import { cliInProcess } from "../../support/cli";
 import { ManualClock } from "../../support/clock";
 import { runToExit } from "../../support/process";
+import { startOn } from "../../support/restart";
 
 const open: TestApp[] = [];
 afterEach(() => {
@@ -662,7 +664,21 @@ describe("rows stored before normalisation", () => {
               created_at, updated_at FROM users WHERE email = 'strasse@example.com'`,
     );
     asFoldedOnce("STRA\u1e9eE@example.com", "stra\u00dfe@example.com");
-    // Written into the file without its seal: folded again, still refused.
+    // A genuine account's key held by a row written into the file: the genuine one takes it (probe
+    // 92a F3: the forged row set it aside).
+    expect((await register(target, "PLA\u1e9eE@example.com")).status).toBe(201);
+    const plasse = asFoldedOnce("PLA\u1e9eE@example.com", "pla\u00dfe@example.com");
+    sqlite.run(
+      `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
+       SELECT 'forged-holder', 'plasse@example.com', 'plasse@example.com', password_hash, 'admin',
+              'x', created_at, updated_at FROM users WHERE email = 'strasse@example.com'`,
+    );
+    // A genuine account whose role was written into the file: left as it is, so that setting the
+    // role back makes it match its seal again (probe 92a F2: its key was folded, for good).
+    expect((await register(target, "MA\u1e9e@example.com")).status).toBe(201);
+    const tampered = asFoldedOnce("MA\u1e9e@example.com", "ma\u00df@example.com");
+    sqlite.run("UPDATE users SET role = 'admin' WHERE id = ?", [tampered]);
+    // Written into the file without its seal: left as it is, refused.
     sqlite.run(
       `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
        SELECT 'forged', 'KLA\u1e9eE@example.com', 'kla\u00dfe@example.com', password_hash, role,
@@ -676,10 +692,14 @@ describe("rows stored before normalisation", () => {
         sqlite.query("SELECT id, email_key AS emailKey FROM users ORDER BY email").all(),
       ).toEqual([
         { id: once, emailKey: "grosse@example.com" },
-        { id: "forged", emailKey: "klasse@example.com" },
+        { id: "forged", emailKey: "kla\u00dfe@example.com" },
+        { id: tampered, emailKey: "ma\u00df@example.com" },
+        { id: plasse, emailKey: "plasse@example.com" },
         { id: "second", emailKey: null },
+        { id: "forged-holder", emailKey: null },
         { id: expect.any(String), emailKey: "strasse@example.com" },
       ]);
+      expect(next.services.auth.findUserByEmail("plasse@example.com")?.id).toBe(plasse);
       for (const spelling of ["GRO\u1e9eE", "gro\u00dfe", "GROSSE", "grosse"]) {
         const signedIn = await login(next, `${spelling}@example.com`);
         expect({ spelling, status: signedIn.status }).toEqual({ spelling, status: 200 });
@@ -694,12 +714,162 @@ describe("rows stored before normalisation", () => {
       expect(sqlite.query("SELECT seal FROM users WHERE id = 'forged'").get()).toEqual(
         sqlite.query("SELECT seal FROM users WHERE email = 'strasse@example.com'").get(),
       );
-      // Nothing is left to fold: a third start changes nothing.
-      const third = secondProcess(target);
-      third.close();
+      // Its role set back as it was sealed, the tampered account signs in again, by its old key:
+      // the next start folds it.
+      sqlite.run("UPDATE users SET role = 'user' WHERE id = ?", [tampered]);
+      expect(next.services.auth.findUserByEmail("MA\u1e9e@example.com")).toBeNull();
+      const third = secondProcess(target, undefined, "10.2.2.3");
+      try {
+        expect((await login(third, "MA\u1e9e@example.com")).status).toBe(200);
+        expect((await login(third, "mass@example.com")).status).toBe(200);
+      } finally {
+        third.close();
+      }
+      // Nothing is left to fold but the row written into the file.
+      expect(
+        sqlite.query("SELECT id FROM users WHERE instr(email_key, '\u00df') > 0").all(),
+      ).toEqual([{ id: "forged" }]);
+    } finally {
+      next.close();
+    }
+  });
+
+  test("an operator names a set-aside account by its id; its own stored spelling is refused, never taken for the account holding the key (probe 92a F1)", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const { credentialSeal } = target.services;
+    expect((await register(target, "strasse@example.com")).status).toBe(201);
+    const holder = target.services.auth.findUserByEmail("strasse@example.com")!.id;
+    // The account an earlier release let be beside it, its key folded once.
+    sqlite.run(
+      `INSERT INTO users (id, email, email_key, password_hash, role, created_at, updated_at)
+       SELECT 'second', 'STRA\u1e9eE@example.com', 'stra\u00dfe@example.com', password_hash, role,
+              created_at, updated_at FROM users WHERE id = ?`,
+      [holder],
+    );
+    const row = sqlite
+      .query<{ passwordHash: string }, []>(
+        "SELECT password_hash AS passwordHash FROM users WHERE id = 'second'",
+      )
+      .get()!;
+    sqlite.run("UPDATE users SET seal = ? WHERE id = 'second'", [
+      credentialSeal.account({
+        id: "second",
+        email: "STRA\u1e9eE@example.com",
+        emailKey: "stra\u00dfe@example.com",
+        passwordHash: row.passwordHash,
+        role: "user",
+      }),
+    ]);
+    secondProcess(target).close();
+    const env = {
+      DATABASE_PATH: target.databasePath,
+      AUDIT_SECRET_KEY: target.config.audit.secretKey,
+    };
+    const listed = await cliInProcess(["users:list"], env);
+    expect(listed.stdout.split("\n").find((line) => line.startsWith("second "))).toContain(
+      "set aside (its address collides with another account's",
+    );
+    const role = (holderRole: string) =>
+      expect(sqlite.query("SELECT role FROM users WHERE id = ?").get(holder)).toEqual({
+        role: holderRole,
+      });
+    const promoteTyped = await cliInProcess(
+      ["users:role", "--email", "STRA\u1e9eE@example.com", "--role", "admin"],
+      env,
+    );
+    expect(promoteTyped.code).toBe(1);
+    expect(promoteTyped.stderr).toContain("name it with --id second");
+    role("user");
+    const keyTyped = await cliInProcess(
+      ["keys:create", "--name", "k", "--scopes", "chat", "--owner", "STRA\u1e9eE@example.com"],
+      env,
+    );
+    expect(keyTyped.code).toBe(1);
+    expect(sqlite.query("SELECT count(*) AS n FROM api_keys").get()).toEqual({ n: 0 });
+    const eraseTyped = await cliInProcess(
+      ["users:erase", "--email", "STRA\u1e9eE@example.com", "--yes"],
+      env,
+    );
+    expect(eraseTyped.code).toBe(1);
+    expect(target.services.auth.findUser(holder)).not.toBeNull();
+    // Another spelling of the address acts on the holder, and says what is set aside beside it.
+    const promoteHolder = await cliInProcess(
+      ["users:role", "--email", "STRASSE@example.com", "--role", "admin"],
+      env,
+    );
+    expect(promoteHolder.code).toBe(0);
+    expect(promoteHolder.stderr).toContain("set aside at start beside this account");
+    expect(promoteHolder.stderr).toContain("second");
+    role("admin");
+    const ownedKey = await cliInProcess(
+      ["keys:create", "--name", "k", "--scopes", "chat", "--owner", "strasse@example.com"],
+      env,
+    );
+    expect(ownedKey.code).toBe(0);
+    expect(ownedKey.stdout).toContain(`owner strasse@example.com (${holder})`);
+    // By its id, the set-aside account itself.
+    expect(
+      (
+        await cliInProcess(
+          ["users:role", "--id", "second", "--email", "x@example.com", "--role", "admin"],
+          env,
+        )
+      ).code,
+    ).toBe(2);
+    const promoteAside = await cliInProcess(
+      ["users:role", "--id", "second", "--role", "admin"],
+      env,
+    );
+    expect(promoteAside.code).toBe(0);
+    expect(sqlite.query("SELECT role FROM users WHERE id = 'second'").get()).toEqual({
+      role: "admin",
+    });
+    const eraseAside = await cliInProcess(["users:erase", "--id", "second", "--yes"], env);
+    expect(eraseAside.code).toBe(0);
+    expect(sqlite.query("SELECT count(*) AS n FROM users WHERE id = 'second'").get()).toEqual({
+      n: 0,
+    });
+    expect(target.services.auth.findUser(holder)).not.toBeNull();
+  });
+
+  test("many keys to fold again are folded a part at a time, all of them; a start's warn line names ids cut short (probe 92a F4, F5)", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const { credentialSeal } = target.services;
+    const insert = sqlite.query(
+      `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
+       VALUES (?1, ?2, ?3, 'x', 'user', ?4, 1, 1)`,
+    );
+    sqlite.transaction(() => {
+      for (let i = 0; i < 1_100; i++) {
+        const id = `folded-once-${String(i).padStart(4, "0")}`;
+        const email = `GRO\u1e9eE${i}@example.com`;
+        const emailKey = `gro\u00dfe${i}@example.com`;
+        const seal = credentialSeal.account({
+          id,
+          email,
+          emailKey,
+          passwordHash: "x",
+          role: "user",
+        });
+        insert.run(id, email, emailKey, seal);
+      }
+      // Its address no valid one, its id a line long: set aside, named cut short.
+      insert.run("x".repeat(100_000), "not an address", null, "x");
+    })();
+    const next = startOn(target.databasePath, { AUDIT_SECRET_KEY: target.config.audit.secretKey });
+    try {
       expect(
         sqlite.query("SELECT count(*) AS n FROM users WHERE instr(email_key, '\u00df') > 0").get(),
       ).toEqual({ n: 0 });
+      expect(next.services.auth.findUserByEmail("grosse1099@example.com")?.id).toBe(
+        "folded-once-1099",
+      );
+      const warned = next.logs.entries.find((entry) =>
+        String(entry.msg).startsWith("accounts stored before email normalisation"),
+      ) as { users: string[] } | undefined;
+      expect(warned?.users.map((id) => id.length)).toEqual([64]);
     } finally {
       next.close();
     }
