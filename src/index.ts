@@ -32,6 +32,7 @@ import {
   SchemaChangedError,
   schemaChangedMessage,
 } from "./db/schema-guard";
+import { recordServedProfile } from "./db/served-profile";
 import { namedFirstLine } from "./error-line";
 import { createLogger } from "./logging/logger";
 import { AuditKeys } from "./plugins/audit/chain";
@@ -350,6 +351,16 @@ try {
         // Another process's key made meanwhile (checked above): refused as before the listen.
         if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
         fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
+      }
+      // For the operator commands run without APP_ENV (db/served-profile.ts); a lock held past the
+      // wait leaves the last start's, said.
+      try {
+        recordServedProfile(db.$client, config.appEnv, services.clock.now());
+      } catch (error) {
+        logger.warn(
+          { err: error },
+          "the profile this start serves could not be recorded in the database; operator commands run without APP_ENV read the last one recorded",
+        );
       }
       setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
     },

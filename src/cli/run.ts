@@ -3,8 +3,10 @@
  * The CLI runner: finds the command, prints help, and turns every expected failure (bad usage, bad
  * configuration, a command's CliError) into one line on stderr and a non-zero exit code.
  */
+import { existsSync } from "node:fs";
 import { type Config, ConfigError, databasePathOf, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
+import { namesProfile } from "../config/parse";
 import {
   type AppDatabase,
   DatabaseOpenError,
@@ -23,6 +25,7 @@ import {
   SchemaChangedError,
   schemaChangedMessage,
 } from "../db/schema-guard";
+import { servedProfileOf } from "../db/served-profile";
 import { namedFirstLine } from "../error-line";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
@@ -109,6 +112,24 @@ export async function runCli(
     if (database === "reads") checkDatabaseFile(path, command.name);
     // One that makes the database: a file that holds another's is refused (exit 1).
     else refuseForeignDatabase(path);
+    judgedAsServed(path);
+  };
+  // No profile named here, on a file a deployed profile serves: the development profile's rules
+  // (an 8-character password, a test-mode key) are not applied to it unsaid (probe 86d F3). A
+  // command that makes something is refused; one that reads goes on, said.
+  const judgedAsServed = (path: string) => {
+    if (namesProfile(env) || !existsSync(path)) return;
+    const served = servedProfileOf(path);
+    if (served !== "production" && served !== "staging") return;
+    const said = `DATABASE_PATH ${path} was last served with APP_ENV=${served} and no APP_ENV is set here`;
+    if (command.database === "makes") {
+      throw new CliError(
+        `${said}: ${command.name} would apply the development profile's rules to it; set APP_ENV=${served} (or APP_ENV=development to apply them anyway)`,
+      );
+    }
+    io.err(
+      `warning: ${said}: ${command.name} reads it with the development profile; set APP_ENV=${served}`,
+    );
   };
   const context: CommandContext = {
     config: () => {

@@ -48,6 +48,7 @@ import m0038 from "../../drizzle/0038_erasure_blocks_index.sql" with { type: "te
 import m0039 from "../../drizzle/0039_users_reading.sql" with { type: "text" };
 import m0040 from "../../drizzle/0040_audit_events_type_id_index.sql" with { type: "text" };
 import m0041 from "../../drizzle/0041_users_key_folds_again_index.sql" with { type: "text" };
+import m0042 from "../../drizzle/0042_served_profile.sql" with { type: "text" };
 import journal from "../../drizzle/meta/_journal.json" with { type: "json" };
 
 const SQL_BY_TAG: Readonly<Record<string, string>> = {
@@ -93,6 +94,7 @@ const SQL_BY_TAG: Readonly<Record<string, string>> = {
   "0039_users_reading": m0039,
   "0040_audit_events_type_id_index": m0040,
   "0041_users_key_folds_again_index": m0041,
+  "0042_served_profile": m0042,
 };
 
 /** The journal's last migration: a database whose newest applied one is this is up to date. */

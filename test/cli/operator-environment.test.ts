@@ -15,7 +15,7 @@ import { AuditKeys } from "../../src/plugins/audit/chain";
 import { NEW_LOG_KEYED } from "../../src/plugins/audit/key-match";
 import { generateApiKey } from "../../src/plugins/auth/api-key-format";
 import { pinNewAuditLog } from "../../src/upgrade-sealing";
-import { LogCapture, send } from "../support/app";
+import { LogCapture, PRODUCTION_ENV, send } from "../support/app";
 import { cleanupsAfterEach, tempDatabaseFile } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
 import { startService } from "../support/process";
@@ -222,3 +222,55 @@ test("processes starting together on a new file record its sealings once, none o
     { n: 9 },
   ]);
 });
+
+test("a command run without APP_ENV on a file a production service served: one that makes something is refused, one that reads says so, and APP_ENV decides (probe 86d F3)", async () => {
+  const path = databaseFile();
+  const service = await startService({ ...PRODUCTION_ENV, DATABASE_PATH: path });
+  await service.stop();
+  expect(rows(path, "SELECT profile FROM served_profile")).toEqual([{ profile: "production" }]);
+  // The service's secrets exported, its APP_ENV not: the development profile would take an
+  // eight-character admin password here.
+  const { APP_ENV: _profile, ...secrets } = PRODUCTION_ENV;
+  const shell = { ...secrets, DATABASE_PATH: path };
+  const made = await cliInProcess(
+    ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],
+    shell,
+    "hunter22",
+  );
+  expect(made.code).toBe(1);
+  expect(made.stderr).toBe(
+    `palisade users:create: DATABASE_PATH ${path} was last served with APP_ENV=production and no APP_ENV is set here: users:create would apply the development profile's rules to it; set APP_ENV=production (or APP_ENV=development to apply them anyway)`,
+  );
+  expect(rows(path, "SELECT count(*) AS n FROM users")).toEqual([{ n: 0 }]);
+  // Nothing made beside it either: no development audit key.
+  expect(existsSync(`${path}.audit-key`)).toBe(false);
+  const listed = await cliInProcess(["users:list"], shell);
+  expect(listed.code).toBe(0);
+  expect(listed.stderr).toContain(
+    `warning: DATABASE_PATH ${path} was last served with APP_ENV=production and no APP_ENV is set here: users:list reads it with the development profile; set APP_ENV=production`,
+  );
+  // Named, the profile's own rules apply: production refuses that password, development takes it.
+  const production = await cliInProcess(
+    ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],
+    { ...shell, APP_ENV: "production" },
+    "hunter22",
+  );
+  expect(production.code).toBe(1);
+  expect(production.stderr).toContain("the password is refused");
+  const development = await cliInProcess(
+    ["users:create", "--email", "dev@example.test", "--password-stdin"],
+    { ...shell, APP_ENV: "development" },
+    "violet-Harbor-quantum-73!",
+  );
+  expect({ code: development.code, stderr: development.stderr }).toEqual({ code: 0, stderr: "" });
+  // A development start records its own profile: the commands go on unsaid.
+  const again = await startService({
+    APP_ENV: "development",
+    AUDIT_SECRET_KEY: PRODUCTION_ENV.AUDIT_SECRET_KEY,
+    DATABASE_PATH: path,
+  });
+  await again.stop();
+  expect(rows(path, "SELECT profile FROM served_profile")).toEqual([{ profile: "development" }]);
+  const quiet = await cliInProcess(["users:list"], shell);
+  expect({ code: quiet.code, stderr: quiet.stderr }).toEqual({ code: 0, stderr: "" });
+}, 30_000);

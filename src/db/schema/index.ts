@@ -4,6 +4,7 @@ export * from "./chat";
 export * from "./ip-blocks";
 export * from "./payments";
 export * from "./rate-limit";
+export * from "./served-profile";
 export * from "./users";
 export * from "./webhooks";
 export * from "./whatsapp";
