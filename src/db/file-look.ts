@@ -80,13 +80,7 @@ export function readSchema(sqlite: Database): SchemaEntry[] {
  * it locked past `busyTimeoutMs`.
  */
 export function lookAt(path: string, busyTimeoutMs: number): FileLook | null {
-  let look: Database;
-  try {
-    look = openForALook(path);
-  } catch {
-    return null;
-  }
-  try {
+  return withALook(path, (look) => {
     look.run(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
     const schema = readSchema(look);
     const tables = new Set(
@@ -102,6 +96,22 @@ export function lookAt(path: string, busyTimeoutMs: number): FileLook | null {
       applicationId: header("application_id"),
       userVersion: header("user_version"),
     };
+  });
+}
+
+/**
+ * `read` of the file at `path` opened for a look, closed after; null when it cannot be opened or
+ * read (not SQLite, or not what `read` expects). SQLite's error when it is locked past the wait.
+ */
+export function withALook<T>(path: string, read: (look: Database) => T): T | null {
+  let look: Database;
+  try {
+    look = openForALook(path);
+  } catch {
+    return null;
+  }
+  try {
+    return read(look);
   } catch (error) {
     if (isDatabaseBusy(error)) throw error;
     return null;

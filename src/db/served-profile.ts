@@ -9,7 +9,7 @@
  */
 import type { Database } from "bun:sqlite";
 import type { AppEnv } from "../config";
-import { openForALook } from "./file-look";
+import { withALook } from "./file-look";
 
 export function recordServedProfile(sqlite: Database, profile: AppEnv, now: number): void {
   sqlite
@@ -25,20 +25,15 @@ export function recordServedProfile(sqlite: Database, profile: AppEnv, now: numb
  * when none is recorded, the file holds no such table (an older release's) or cannot be read.
  */
 export function servedProfileOf(path: string): string | null {
-  let look: Database;
   try {
-    look = openForALook(path);
+    return withALook(path, (look) => {
+      const row = look
+        .query<{ profile: unknown }, []>("SELECT profile FROM served_profile WHERE id = 1")
+        .get();
+      return typeof row?.profile === "string" ? row.profile : null;
+    });
   } catch {
+    // Locked past the wait: the command's own open says so.
     return null;
-  }
-  try {
-    const row = look
-      .query<{ profile: unknown }, []>("SELECT profile FROM served_profile WHERE id = 1")
-      .get();
-    return typeof row?.profile === "string" ? row.profile : null;
-  } catch {
-    return null;
-  } finally {
-    look.close();
   }
 }

@@ -206,31 +206,24 @@ test("only a succeeded payment can be refunded; an unknown one is 404; a Stripe 
   expect(auditRows(current, "payment.refund")).toHaveLength(1);
 });
 
-test("a refund Stripe answers as one of another payment is not recorded as this one's: 502, nothing refunded on the row, nothing audited (probe 90o F1)", async () => {
-  const { target, admin, id } = await paidApp();
-  target.stripe.tamperNextRefund({ payment_intent: "pi_SomeoneElse" });
-  const answered = await refund(target, id, bearer(admin.accessToken), { amount: 300 });
-  expect(answered.status).toBe(502);
-  expect(((await answered.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
-  const row = target.db.$client
-    .query("SELECT amount_refunded AS refunded FROM payments WHERE id = ?1")
-    .get(id) as { refunded: number };
-  expect(row.refunded).toBe(0);
-  expect(auditRows(target, "payment.refund")).toHaveLength(0);
-});
-
-test("a refund Stripe answers in another currency than the payment's is not recorded: 502, nothing refunded on the row, nothing audited (probe 90o F1's currency half)", async () => {
-  const { target, admin, id } = await paidApp();
-  target.stripe.tamperNextRefund({ currency: "jpy" });
-  const answered = await refund(target, id, bearer(admin.accessToken), { amount: 300 });
-  expect(answered.status).toBe(502);
-  expect(((await answered.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
-  const row = target.db.$client
-    .query("SELECT amount_refunded AS refunded FROM payments WHERE id = ?1")
-    .get(id) as { refunded: number };
-  expect(row.refunded).toBe(0);
-  expect(auditRows(target, "payment.refund")).toHaveLength(0);
-});
+test.each([
+  ["of another payment (probe 90o F1)", { payment_intent: "pi_SomeoneElse" }],
+  ["in another currency than the payment's (90o F1's currency half)", { currency: "jpy" }],
+])(
+  "a refund Stripe answers %s is not recorded as this one's: 502, nothing refunded on the row, nothing audited",
+  async (_, tampered) => {
+    const { target, admin, id } = await paidApp();
+    target.stripe.tamperNextRefund(tampered);
+    const answered = await refund(target, id, bearer(admin.accessToken), { amount: 300 });
+    expect(answered.status).toBe(502);
+    expect(((await answered.json()) as { code: string }).code).toBe("UPSTREAM_UNAVAILABLE");
+    const row = target.db.$client
+      .query("SELECT amount_refunded AS refunded FROM payments WHERE id = ?1")
+      .get(id) as { refunded: number };
+    expect(row.refunded).toBe(0);
+    expect(auditRows(target, "payment.refund")).toHaveLength(0);
+  },
+);
 
 test("a refund's answer shows the payment as the refund left it, its updatedAt the one stored (probe 90o)", async () => {
   const clock = new ManualClock();
