@@ -105,22 +105,23 @@ export async function runCli(
   let db: AppDatabase | null = null;
   let services: Services | null = null;
   // Before the configuration is read: in development that makes the audit key beside the path.
-  const requireDatabaseFile = () => {
+  /** Checks the file; true when a deployed profile served it and none is named here. */
+  const requireDatabaseFile = (): boolean => {
     const path = databasePathOf(env);
     const database = command.database ?? "reads";
-    if (path === ":memory:" || database === "none") return;
+    if (path === ":memory:" || database === "none") return false;
     if (database === "reads") checkDatabaseFile(path, command.name);
     // One that makes the database: a file that holds another's is refused (exit 1).
     else refuseForeignDatabase(path);
-    judgedAsServed(path);
+    return judgedAsServed(path);
   };
   // No profile named here, on a file a deployed profile serves: the development profile's rules
   // (an 8-character password, a test-mode key) are not applied to it unsaid (probe 86d F3). A
   // command that makes something is refused; one that reads goes on, said.
-  const judgedAsServed = (path: string) => {
-    if (namesProfile(env) || !existsSync(path)) return;
+  const judgedAsServed = (path: string): boolean => {
+    if (namesProfile(env) || !existsSync(path)) return false;
     const served = servedProfileOf(path);
-    if (served !== "production" && served !== "staging") return;
+    if (served !== "production" && served !== "staging") return false;
     const said = `DATABASE_PATH ${path} was last served with APP_ENV=${served} and no APP_ENV is set here`;
     if (command.database === "makes") {
       throw new CliError(
@@ -130,13 +131,16 @@ export async function runCli(
     io.err(
       `warning: ${said}: ${command.name} reads it with the development profile; set APP_ENV=${served}`,
     );
+    return true;
   };
   const context: CommandContext = {
     config: () => {
-      if (!config) requireDatabaseFile();
-      // A command that opens no database makes no key file beside a path that may be mistyped.
+      // A command that opens no database makes no key file beside a path that may be mistyped;
+      // nor does one on a file a deployed profile served, whose log is keyed with
+      // AUDIT_SECRET_KEY (probe 92c F4: the key made there failed every later command and start).
+      const servedDeployed = config ? false : requireDatabaseFile();
       config ??= loadConfig(env, {
-        developmentKey: command.database === "none" ? "if there" : "load or make",
+        developmentKey: command.database === "none" || servedDeployed ? "if there" : "load or make",
       });
       return config;
     },

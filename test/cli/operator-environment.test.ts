@@ -249,6 +249,11 @@ test("a command run without APP_ENV on a file a production service served: one t
   expect(listed.stderr).toContain(
     `warning: DATABASE_PATH ${path} was last served with APP_ENV=production and no APP_ENV is set here: users:list reads it with the development profile; set APP_ENV=production`,
   );
+  // Without the service's secrets either, a reading command makes no development key beside the
+  // file (probe 92c F4: made, it failed every later command and start on the key mismatch).
+  const bare = await cliInProcess(["users:list"], { DATABASE_PATH: path });
+  expect(bare.code).not.toBe(0);
+  expect(existsSync(`${path}.audit-key`)).toBe(false);
   // Named, the profile's own rules apply: production refuses that password, development takes it.
   const production = await cliInProcess(
     ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],

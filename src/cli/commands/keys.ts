@@ -47,10 +47,14 @@ export const keysCreate: Command = {
       const typed = args.flags.owner;
       // Its own stored spelling typed, an account set aside at start is meant, and has no key to
       // be found by: refused, never taken for the account holding the key (probe 92a F1).
-      const asStored = normalizeEmail(typed)?.email;
-      const meant = services.auth.setAsideAlike(typed).find((row) => row.email === asStored);
+      const normalised = (address: unknown) =>
+        typeof address === "string" ? normalizeEmail(address)?.email : undefined;
+      const asStored = normalised(typed);
+      const meant = services.auth
+        .setAsideAlike(typed)
+        .find((row) => normalised(row.email) === asStored);
       owner = services.auth.findUserByEmail(typed);
-      if (meant !== undefined && owner?.email !== asStored) {
+      if (meant !== undefined && normalised(owner?.email) !== asStored) {
         throw new CliError(
           `--owner ${asStored} is the address of an account set aside at start (its address folds onto another account's), which has no key to own: see users:list`,
         );

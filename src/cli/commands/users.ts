@@ -64,9 +64,13 @@ function namedAccount(
   const typed = email as string;
   const user = auth.accountForOperator(typed);
   const alike = auth.setAsideAlike(typed);
-  const asStored = normalizeEmail(typed)?.email;
-  const meant = alike.find((row) => row.email === asStored);
-  if (meant !== undefined && user?.email !== asStored) {
+  // Compared as normalised: a row set aside before normalisation holds its address as typed then
+  // (`Strasse@B.COM`), which users:list shows (probe 92c F2).
+  const normalised = (address: unknown) =>
+    typeof address === "string" ? normalizeEmail(address)?.email : undefined;
+  const asStored = normalised(typed);
+  const meant = alike.find((row) => normalised(row.email) === asStored);
+  if (meant !== undefined && normalised(user?.email) !== asStored) {
     throw new CliError(
       `${shownAddress(meant.email)} is the address of ${shownId(meant.id)}, an account set aside at start (its address folds onto another account's, which it would find): name it with --id ${shownId(meant.id)}`,
     );
@@ -135,7 +139,7 @@ export const usersRole: Command = {
     if (user.erased) {
       // Changed, it would be named in the audit log its erasure pseudonymised (probe 80a F2).
       throw new CliError(
-        `the account of ${shown} was erased; its row is in the database file again, copied back from before its erasure (a backup): it is refused, and its role is not changed; erase it again with users:erase --email ${shown} --yes`,
+        `the account of ${shown} was erased; its row is in the database file again, copied back from before its erasure (a backup): it is refused, and its role is not changed; erase it again with users:erase --id ${shownId(user.id)} --yes`,
       );
     }
     if (!user.intact && role === "admin") {

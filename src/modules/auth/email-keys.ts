@@ -8,6 +8,7 @@
  */
 import { and, asc, eq, gt, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
+import { sealMatches } from "../../db/row-seal";
 import { users } from "../../db/schema";
 import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns } from "../../plugins/auth/sealed-columns";
@@ -22,13 +23,16 @@ const REFOLD_PART = 500;
 
 /**
  * Folds again every stored key a second fold changes, on rows that match their seal (resealed with
- * the new key). A row that does not is left as it is: it is refused anyway, and put back as it was
- * sealed it matches again, which a changed key would have undone for good (probe 92a F2). A key
- * another account already holds, intact, is not taken: this row is set aside (its key null, as
- * `reconcileEmailKeys` sets aside a collision) and its id returned; held by a row that fails its
- * seal (written into the file), the key is taken from that row, which was refused anyway (92a F3:
- * a forged row set a genuine account aside). In parts of `REFOLD_PART` rows, each an immediate
- * transaction, so processes starting together share the work.
+ * the new key). Nothing a row that does not match its seal holds is changed: it is refused anyway,
+ * and put back as it was sealed it matches again, which a changed key would have undone for good
+ * (probe 92a F2, 92c F1). A key another account already holds, intact, is not taken: this row is
+ * set aside (its key null, as `reconcileEmailKeys` sets aside a collision) and its id returned.
+ * Held by a row that fails its seal, neither changes (92a F3: the forged row set the genuine
+ * account aside; 92c F1: taking the key from it undid a tamper's way back): the genuine row keeps
+ * its old key, and the next start tries again. Seals are checked without reporting: such rows
+ * are read at every start, and each report is an audit row (92c F5); they are reported when they
+ * are used. In parts of `REFOLD_PART` rows, each an immediate transaction, so processes starting
+ * together share the work.
  */
 export function refoldEmailKeys(db: AppDatabase, seal: CredentialSeal): string[] {
   const setAside: string[] = [];
@@ -43,8 +47,12 @@ export function refoldEmailKeys(db: AppDatabase, seal: CredentialSeal): string[]
           .orderBy(asc(users.id))
           .limit(REFOLD_PART)
           .all();
+        const matches = (row: (typeof rows)[number]) =>
+          typeof row.id === "string" &&
+          sealMatches(seal.account(row), row.seal) &&
+          !seal.erased(`user:${row.id}`);
         for (const row of rows) {
-          if (typeof row.emailKey !== "string" || !seal.intact.account(row)) continue;
+          if (typeof row.emailKey !== "string" || !matches(row)) continue;
           // The domain is ASCII (IDNA), which folding leaves as it is.
           const folded = foldCase(row.emailKey);
           if (folded === row.emailKey) continue;
@@ -53,12 +61,9 @@ export function refoldEmailKeys(db: AppDatabase, seal: CredentialSeal): string[]
             .from(users)
             .where(eq(users.emailKey, folded))
             .get();
-          if (holder !== undefined && !seal.intact.account(holder)) {
-            db.update(users).set({ emailKey: null }).where(eq(users.id, holder.id)).run();
-          }
-          const held = holder !== undefined && seal.intact.account(holder);
-          const emailKey = held ? null : folded;
-          if (held) setAside.push(row.id);
+          if (holder !== undefined && !matches(holder)) continue;
+          const emailKey = holder === undefined ? folded : null;
+          if (emailKey === null) setAside.push(row.id);
           db.update(users)
             .set({ emailKey, seal: seal.account({ ...row, emailKey }) })
             .where(eq(users.id, row.id))

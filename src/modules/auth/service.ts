@@ -405,20 +405,18 @@ export class AuthService {
           // A value read from the file may be anything: a BLOB written there stopped every start
           // with a TypeError that named no row (probe 79c F2). It is no valid address.
           const verdict = typeof row.email === "string" ? checkEmail(row.email) : null;
-          const intact = seal.intact.account(row);
-          const holder = verdict?.ok
-            ? this.statements.userByEmail.get({ value: verdict.key })
-            : undefined;
-          // A holder written into the file sets no sealed account aside: it gives the key up (it
-          // was refused anyway; probe 92a F3 found it so in the refold, which shares the rule).
-          const held = holder !== undefined && (!intact || seal.intact.account(holder));
-          if (verdict === null || !verdict.ok || held) {
+          // Held by another row, even one written into the file: left aside (its key null), which
+          // the next start undoes once the holder is gone; taking the key from a tampered holder
+          // made that tamper's undoing fail for good (probe 92c F1).
+          if (
+            verdict === null ||
+            !verdict.ok ||
+            this.statements.userByEmail.get({ value: verdict.key })
+          ) {
             setAside.push(row.id);
             continue;
           }
-          if (holder !== undefined) {
-            db.update(users).set({ emailKey: null }).where(eq(users.id, holder.id)).run();
-          }
+          const intact = seal.intact.account(row);
           const address = { email: verdict.email, emailKey: verdict.key };
           // Resealed only if it was sealed as it stood: a row written into the file stays refused.
           db.update(users)

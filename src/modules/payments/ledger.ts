@@ -66,6 +66,18 @@ export function viewOf(row: PaymentRow): PaymentView {
 }
 
 /**
+ * The `updatedAt` a change of `row` at `now` stores: `now`, or just past the stored time when that
+ * is not earlier, so that every change moves it forward and a client syncing on `updatedAt >
+ * last seen` sees each one. A write that waited for a lock behind a newer one set it back (probe
+ * 92b F1), and keeping the stored time stopped it where a client had already read it (92d F1). A
+ * time a clock ahead wrote (another VM's) stays ahead until the clock passes it, each change a
+ * millisecond past it (92d F2: kept, it froze; moved back, it would hide the changes).
+ */
+export function changedAt(row: Pick<PaymentRow, "updatedAt">, now: number): number {
+  return Math.max(now, row.updatedAt + 1);
+}
+
+/**
  * Whether two stored metadata texts hold the same keys and values, in any order: a retry may send
  * its keys in another order under the same Idempotency-Key (whose hash sorts them).
  */
@@ -374,7 +386,7 @@ export class PaymentLedger {
     if (!mayMove(row.status as PaymentStatus, row.statusEventAt, next, eventAt)) return false;
     // Compare-and-set on the status read: another writer in between makes this a no-op.
     const statusEventAt = Math.max(eventAt, row.statusEventAt);
-    const updatedAt = Math.max(row.updatedAt, now);
+    const updatedAt = changedAt(row, now);
     const moved = this.db
       .update(payments)
       .set({
@@ -456,7 +468,7 @@ export class PaymentLedger {
       ...row,
       amountRefunded: total,
       status: total === row.amount ? "refunded" : row.status,
-      updatedAt: Math.max(row.updatedAt, now),
+      updatedAt: changedAt(row, now),
     };
   }
 
@@ -474,10 +486,7 @@ export class PaymentLedger {
   ): { kind: "recorded"; entered: PaymentStatus | null } | { kind: "absent" } {
     const row = this.find(id);
     if (!row) return { kind: "absent" };
-    // A refund's time is taken when Stripe answered; its write may wait for a lock, behind a
-    // webhook's newer one: `updatedAt` never goes back (probe 92b F1: a client syncing on it
-    // missed the refund).
-    const at = Math.max(row.updatedAt, now);
+    const at = changedAt(row, now);
     const total = this.afterRefund(row, refundedTotal, now).amountRefunded;
     this.db
       .update(payments)
@@ -570,7 +579,7 @@ export class PaymentLedger {
       const fits = found !== undefined && !disputeMoneyDiffers(object, found);
       const row = fits ? found : undefined;
       if (row && row.disputedAt === null) {
-        const updatedAt = Math.max(row.updatedAt, now);
+        const updatedAt = changedAt(row, now);
         this.db
           .update(payments)
           .set({

@@ -418,6 +418,12 @@ async function pastKeptError(
   if (!found.ok && found.kind === "unavailable" && found.reason !== REFUNDS_NOT_READ_WHOLE) {
     return { ok: false, kind: "unavailable", reason: found.reason };
   }
+  // Read whole, the refund listed under the key is not this one (another amount, currency or
+  // payment): no retry makes it so, and every refund of the payment waits for an operator, as
+  // settleUndecided then finds it (probe 92d F3: this request said "unknown").
+  if (!found.ok && found.kind === "bad_response") {
+    return { ok: false, kind: "bad_response", reason: UNDECIDED_NOT_THAT_REFUND };
+  }
   if (!found.ok) return failure;
   return found.refund === null ? "not made" : { ok: true, ...found.refund };
 }
@@ -1120,11 +1126,18 @@ export class PaymentService {
       this.clock,
       this.refundWalks,
     );
-    if (!result.ok) {
+    if (!result.ok && result.reason === UNDECIDED_NOT_THAT_REFUND) {
+      this.logger.error(
+        context,
+        "the refund Stripe lists under this refund's key is not that refund; it is kept, and no other refund of the payment starts until an operator clears it (payments:undecided)",
+      );
+    } else if (!result.ok) {
       this.logger.warn(
         { ...context, kind: result.kind, reason: result.reason },
         "stripe did not make the refund",
       );
+    }
+    if (!result.ok) {
       // Refused (a 4xx), Stripe made nothing; anything else may have made it, and the refund
       // stays among the payment's undecided ones.
       const decided = result.kind === "refused";
@@ -1515,8 +1528,10 @@ export class PaymentService {
     const mayBeCounted = result.replayed && isKeyedRefund(start.key);
     const settled = result.status === "succeeded" && !mayBeCounted;
     const refundedTotal = start.refundedBefore + result.amount;
-    // One time for the row and the answer, however long the write waits for a lock.
+    // One time for the row and the answer when the write goes through at once; one that waited
+    // for a lock is the time it is written (the answer, sent before it, cannot know it).
     const recordedAt = this.clock.now();
+    let writes = 0;
     const made = {
       requestId: acting.requestId,
       paymentId: id,
@@ -1526,6 +1541,7 @@ export class PaymentService {
     this.writeOrWait(
       id,
       () => {
+        const at = writes++ === 0 ? recordedAt : this.clock.now();
         const entered = this.db.transaction(
           () => {
             // Asked under an Idempotency-Key, it stays, made: the answer to the key's retries.
@@ -1539,7 +1555,7 @@ export class PaymentService {
               this.dropUndecided(id, start.key);
             }
             if (!settled) return this.ledger.releaseRefund(id, claim);
-            const recorded = this.ledger.recordRefund(id, refundedTotal, recordedAt, claim);
+            const recorded = this.ledger.recordRefund(id, refundedTotal, at, claim);
             if (recorded.kind === "absent") {
               // Changed in the file while Stripe worked: the refund is made (audited below, its
               // id in this line), the row is not trusted with it; the claim ends all the same.

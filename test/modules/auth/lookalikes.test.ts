@@ -664,8 +664,9 @@ describe("rows stored before normalisation", () => {
               created_at, updated_at FROM users WHERE email = 'strasse@example.com'`,
     );
     asFoldedOnce("STRA\u1e9eE@example.com", "stra\u00dfe@example.com");
-    // A genuine account's key held by a row written into the file: the genuine one takes it (probe
-    // 92a F3: the forged row set it aside).
+    // A genuine account's key held by a row written into the file: neither changes, so that the
+    // file put back as it was undoes it (probe 92a F3: the forged row set the genuine one aside;
+    // 92c F1: taking the key from it made the tamper's undoing fail); the next start tries again.
     expect((await register(target, "PLA\u1e9eE@example.com")).status).toBe(201);
     const plasse = asFoldedOnce("PLA\u1e9eE@example.com", "pla\u00dfe@example.com");
     sqlite.run(
@@ -694,12 +695,12 @@ describe("rows stored before normalisation", () => {
         { id: once, emailKey: "grosse@example.com" },
         { id: "forged", emailKey: "kla\u00dfe@example.com" },
         { id: tampered, emailKey: "ma\u00df@example.com" },
-        { id: plasse, emailKey: "plasse@example.com" },
+        { id: plasse, emailKey: "pla\u00dfe@example.com" },
         { id: "second", emailKey: null },
-        { id: "forged-holder", emailKey: null },
+        { id: "forged-holder", emailKey: "plasse@example.com" },
         { id: expect.any(String), emailKey: "strasse@example.com" },
       ]);
-      expect(next.services.auth.findUserByEmail("plasse@example.com")?.id).toBe(plasse);
+      expect(next.services.auth.findUserByEmail("plasse@example.com")).toBeNull();
       for (const spelling of ["GRO\u1e9eE", "gro\u00dfe", "GROSSE", "grosse"]) {
         const signedIn = await login(next, `${spelling}@example.com`);
         expect({ spelling, status: signedIn.status }).toEqual({ spelling, status: 200 });
@@ -725,6 +726,11 @@ describe("rows stored before normalisation", () => {
       } finally {
         third.close();
       }
+      // The forged holder gone, that start folded the genuine account's key too.
+      expect(next.services.auth.findUserByEmail("plasse@example.com")).toBeNull();
+      sqlite.run("DELETE FROM users WHERE id = 'forged-holder'");
+      secondProcess(target).close();
+      expect(next.services.auth.findUserByEmail("plasse@example.com")?.id).toBe(plasse);
       // Nothing is left to fold but the row written into the file.
       expect(
         sqlite.query("SELECT id FROM users WHERE instr(email_key, '\u00df') > 0").all(),
@@ -831,6 +837,71 @@ describe("rows stored before normalisation", () => {
       n: 0,
     });
     expect(target.services.auth.findUser(holder)).not.toBeNull();
+  });
+
+  test("a tampered key holder keeps its key, and undone it matches its seal again: neither the refold nor the start's normalisation takes the key from it (probe 92c F1); a spelling of the address as set aside before normalisation is refused too (92c F2)", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const { credentialSeal } = target.services;
+    expect((await register(target, "strasse@example.com")).status).toBe(201);
+    expect((await register(target, "emile@example.com")).status).toBe(201);
+    const holderOf = (email: string) => target.services.auth.findUserByEmail(email)!.id;
+    const strasse = holderOf("strasse@example.com");
+    const emile = holderOf("emile@example.com");
+    const insertSealed = (id: string, email: string, emailKey: string | null) => {
+      sqlite.run(
+        `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'x', 'user', ?4, 1, 1)`,
+        [
+          id,
+          email,
+          emailKey,
+          credentialSeal.account({ id, email, emailKey, passwordHash: "x", role: "user" }),
+        ],
+      );
+    };
+    // Folded once by an earlier release; and stored before normalisation, as typed then.
+    insertSealed("folded-once", "STRA\u1e9eE@example.com", "stra\u00dfe@example.com");
+    insertSealed("typed-then", "Emile@EXAMPLE.com", null);
+    // Both holders' roles written into the file.
+    sqlite.run("UPDATE users SET role = 'admin' WHERE id IN (?, ?)", [strasse, emile]);
+    const keys = () =>
+      sqlite.query("SELECT id, email_key AS emailKey FROM users ORDER BY id").all() as {
+        id: string;
+        emailKey: string | null;
+      }[];
+    secondProcess(target).close();
+    expect(keys()).toEqual(
+      [
+        { id: strasse, emailKey: "strasse@example.com" },
+        { id: emile, emailKey: "emile@example.com" },
+        { id: "folded-once", emailKey: "stra\u00dfe@example.com" },
+        { id: "typed-then", emailKey: null },
+      ].sort((a, b) => (a.id < b.id ? -1 : 1)),
+    );
+    // Undone, the holders match their seals again and keep their addresses.
+    sqlite.run("UPDATE users SET role = 'user' WHERE id IN (?, ?)", [strasse, emile]);
+    secondProcess(target).close();
+    expect(target.services.auth.findUserByEmail("STRA\u1e9eE@example.com")?.id).toBe(strasse);
+    expect(target.services.auth.findUserByEmail("emile@example.com")?.id).toBe(emile);
+    expect(keys().find((row) => row.id === "folded-once")?.emailKey).toBeNull();
+    // The set-aside account's address as users:list shows it (typed before normalisation) names
+    // it, not the holder.
+    const env = {
+      DATABASE_PATH: target.databasePath,
+      AUDIT_SECRET_KEY: target.config.audit.secretKey,
+    };
+    for (const spelling of ["Emile@EXAMPLE.com", "Emile@example.com."]) {
+      const promoted = await cliInProcess(
+        ["users:role", "--email", spelling, "--role", "admin"],
+        env,
+      );
+      expect({ spelling, code: promoted.code }).toEqual({ spelling, code: 1 });
+      expect(promoted.stderr).toContain("name it with --id typed-then");
+    }
+    expect(sqlite.query("SELECT role FROM users WHERE id = ?").get(emile)).toEqual({
+      role: "user",
+    });
   });
 
   test("many keys to fold again are folded a part at a time, all of them; a start's warn line names ids cut short (probe 92a F4, F5)", async () => {

@@ -245,7 +245,7 @@ test("a refund's answer shows the payment as the refund left it, its updatedAt t
   expect(payment.amountRefunded).toBe(300);
 });
 
-test("a refund recorded after a newer write (its record waited for a lock behind a webhook) leaves updatedAt where it was: it never goes back (probe 92b F1)", async () => {
+test("a change recorded after a newer write (a refund whose record waited for a lock behind a webhook) moves updatedAt forward, never back nor frozen (probes 92b F1, 92d F1, F2)", async () => {
   const { target, alice, id } = await paidApp();
   const ledger = paymentLedgerOf(target.services);
   const stored = () =>
@@ -274,10 +274,23 @@ test("a refund recorded after a newer write (its record waited for a lock behind
     );
   });
   expect(await stored()).toMatchObject({ disputed: true, updatedAt: "2030-01-01T10:00:00.000Z" });
-  target.db.transaction(() => ledger.recordRefund(id, 3000, at("09:59:00"), null));
+  // Moved forward past what a client read, so that one syncing on `updatedAt > last seen` sees
+  // the refund (probe 92d F1: kept at 10:00, it did not).
+  target.db.transaction(() => ledger.recordRefund(id, 1000, at("09:59:00"), null));
+  expect(await stored()).toMatchObject({
+    amountRefunded: 1000,
+    updatedAt: "2030-01-01T10:00:00.001Z",
+  });
+  // A time a clock ahead wrote stays ahead, each change a millisecond past it, neither frozen
+  // (92d F2) nor moved back (which would hide the change); the clock's own once it passes it.
+  target.db.transaction(() => ledger.recordRefund(id, 2000, at("09:59:30"), null));
+  expect(await stored()).toMatchObject({ updatedAt: "2030-01-01T10:00:00.002Z" });
+  target.db.transaction(() => ledger.recordRefund(id, 3000, at("10:05:00"), null));
+  // (The whole amount refunded, its move to `refunded` is a second change, a millisecond on.)
   expect(await stored()).toMatchObject({
     amountRefunded: 3000,
-    updatedAt: "2030-01-01T10:00:00.000Z",
+    status: "refunded",
+    updatedAt: "2030-01-01T10:05:00.001Z",
   });
 });
 

@@ -21,6 +21,7 @@ import {
   type PaymentsApp,
   paidPayment,
   refundMadeAtStripeUnder,
+  STRIPE_TEST_KEY,
   stripeRefundsOf,
 } from "../../support/payments";
 
@@ -508,6 +509,43 @@ test("a refund Stripe lists under an undecided refund's key that is not that ref
   expect(storedUndecided(current, id)).toEqual({ undecided: kept, refunded: 0 });
   expect((await stripeRefundsOf(current, id)).map((r) => r.amount)).toEqual([1000]);
   expect(current.logs.text).toContain("it is kept, and no other refund of the payment starts");
+});
+
+test("a kept server error whose key lists another refund (another amount) is that 502 at once, logged at error, not 'whether the refund was made is unknown' (probe 92d F3)", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 5000);
+  // A refund of 1000 carrying the key this refund of 300 will be asked with (an upstream that
+  // lists what it likes); then Stripe keeps a 500 for the request.
+  const made = await fetch(`${current.stripe.url}${REFUNDS}`, {
+    method: "POST",
+    headers: {
+      authorization: `Bearer ${STRIPE_TEST_KEY}`,
+      "content-type": "application/x-www-form-urlencoded",
+      "idempotency-key": "made-elsewhere",
+    },
+    body: new URLSearchParams({
+      payment_intent: id,
+      amount: "1000",
+      "metadata[palisade_key]": `palisade_refund_${id}_0_300`,
+    }).toString(),
+  });
+  expect(made.status).toBe(200);
+  // The SDK's own retry is answered the kept error again (Idempotent-Replayed).
+  current.stripe.failNext(REFUNDS, { status: 500, kept: true });
+  const first = await refund(id, admin, 300);
+  expect(first.status).toBe(502);
+  expect(first.headers.get("retry-after")).toBeNull();
+  expect(((await first.json()) as { detail: string }).detail).toContain(
+    "until an operator resolves it (bun run cli payments:undecided)",
+  );
+  expect(
+    current.logs.entries.find(
+      (entry) =>
+        entry.level === "error" &&
+        String(entry.msg).startsWith("the refund Stripe lists under this refund's key"),
+    ),
+  ).toMatchObject({ paymentId: id });
+  expect(storedUndecided(current, id)?.refunded).toBe(0);
 });
 
 test("payments:undecided shows a payment's undecided refunds, and --clear takes them off, the payment still sealed, audited", async () => {
