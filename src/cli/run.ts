@@ -105,11 +105,11 @@ export async function runCli(
   let db: AppDatabase | null = null;
   let services: Services | null = null;
   // Before the configuration is read: in development that makes the audit key beside the path.
-  /** Checks the file; true when a deployed profile served it and none is named here. */
-  const requireDatabaseFile = (): boolean => {
+  /** Checks the file; the deployed profile that served it when none is named here, else null. */
+  const requireDatabaseFile = (): string | null => {
     const path = databasePathOf(env);
     const database = command.database ?? "reads";
-    if (path === ":memory:" || database === "none") return false;
+    if (path === ":memory:" || database === "none") return null;
     if (database === "reads") checkDatabaseFile(path, command.name);
     // One that makes the database: a file that holds another's is refused (exit 1).
     else refuseForeignDatabase(path);
@@ -118,10 +118,10 @@ export async function runCli(
   // No profile named here, on a file a deployed profile serves: the development profile's rules
   // (an 8-character password, a test-mode key) are not applied to it unsaid (probe 86d F3). A
   // command that makes something is refused; one that reads goes on, said.
-  const judgedAsServed = (path: string): boolean => {
-    if (namesProfile(env) || !existsSync(path)) return false;
+  const judgedAsServed = (path: string): string | null => {
+    if (namesProfile(env) || !existsSync(path)) return null;
     const served = servedProfileOf(path);
-    if (served !== "production" && served !== "staging") return false;
+    if (served !== "production" && served !== "staging") return null;
     const said = `DATABASE_PATH ${path} was last served with APP_ENV=${served} and no APP_ENV is set here`;
     if (command.database === "makes") {
       throw new CliError(
@@ -131,17 +131,31 @@ export async function runCli(
     io.err(
       `warning: ${said}: ${command.name} reads it with the development profile; set APP_ENV=${served}`,
     );
-    return true;
+    return served;
   };
   const context: CommandContext = {
     config: () => {
       // A command that opens no database makes no key file beside a path that may be mistyped;
       // nor does one on a file a deployed profile served, whose log is keyed with
       // AUDIT_SECRET_KEY (probe 92c F4: the key made there failed every later command and start).
-      const servedDeployed = config ? false : requireDatabaseFile();
-      config ??= loadConfig(env, {
-        developmentKey: command.database === "none" || servedDeployed ? "if there" : "load or make",
+      if (config) return config;
+      const servedDeployed = requireDatabaseFile();
+      const loaded = loadConfig(env, {
+        developmentKey:
+          command.database === "none" || servedDeployed !== null ? "if there" : "load or make",
       });
+      // Without AUDIT_SECRET_KEY there is no key its log is written with here: read with one made
+      // for this run, every row showed as changed in the file (probe 92e F4).
+      if (
+        servedDeployed !== null &&
+        loaded.audit.developmentKeyFile !== null &&
+        !loaded.audit.developmentKeyOnDisk
+      ) {
+        throw new CliError(
+          `DATABASE_PATH ${loaded.databasePath} was last served with APP_ENV=${servedDeployed}, whose audit log is keyed with AUDIT_SECRET_KEY, which is not set here: set APP_ENV=${servedDeployed} and the service's secrets`,
+        );
+      }
+      config = loaded;
       return config;
     },
     db: () => {

@@ -251,8 +251,15 @@ test("a command run without APP_ENV on a file a production service served: one t
   );
   // Without the service's secrets either, a reading command makes no development key beside the
   // file (probe 92c F4: made, it failed every later command and start on the key mismatch).
-  const bare = await cliInProcess(["users:list"], { DATABASE_PATH: path });
-  expect(bare.code).not.toBe(0);
+  // Nor does it read the log with a key made for the run, which called every row changed (92e F4).
+  for (const command of ["users:list", "audit:tail"]) {
+    const bare = await cliInProcess([command], { DATABASE_PATH: path });
+    expect({ command, code: bare.code }).toEqual({ command, code: 1 });
+    expect(bare.stderr).toEndWith(
+      `palisade ${command}: DATABASE_PATH ${path} was last served with APP_ENV=production, whose audit log is keyed with AUDIT_SECRET_KEY, which is not set here: set APP_ENV=production and the service's secrets`,
+    );
+    expect(bare.stdout).toBe("");
+  }
   expect(existsSync(`${path}.audit-key`)).toBe(false);
   // Named, the profile's own rules apply: production refuses that password, development takes it.
   const production = await cliInProcess(

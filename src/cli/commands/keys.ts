@@ -54,9 +54,9 @@ export const keysCreate: Command = {
         .setAsideAlike(typed)
         .find((row) => normalised(row.email) === asStored);
       owner = services.auth.findUserByEmail(typed);
-      if (meant !== undefined && normalised(owner?.email) !== asStored) {
+      if (meant !== undefined) {
         throw new CliError(
-          `--owner ${asStored} is the address of an account set aside at start (its address folds onto another account's), which has no key to own: see users:list`,
+          `--owner ${asStored} is the address of ${String(meant.id)}, an account set aside at start (its address folds onto another account's), which has no key to own${owner !== null && normalised(owner.email) === asStored ? `, and of ${owner.id}, which holds it: which account is meant cannot be told` : ""}: see users:list`,
         );
       }
       if (!owner) throw new CliError(`no account has the email ${typed}`);

@@ -70,9 +70,15 @@ function namedAccount(
     typeof address === "string" ? normalizeEmail(address)?.email : undefined;
   const asStored = normalised(typed);
   const meant = alike.find((row) => normalised(row.email) === asStored);
-  if (meant !== undefined && normalised(user?.email) !== asStored) {
+  if (meant !== undefined) {
+    // The holder's address may be this spelling too (`strasse@B.COM` set aside beside
+    // `strasse@b.com`): then it names both, and neither is guessed (probe 92e F2).
+    const both =
+      user !== null && normalised(user.email) === asStored
+        ? `, and of ${shownId(user.id)}, which holds it`
+        : "";
     throw new CliError(
-      `${shownAddress(meant.email)} is the address of ${shownId(meant.id)}, an account set aside at start (its address folds onto another account's, which it would find): name it with --id ${shownId(meant.id)}`,
+      `${shownAddress(meant.email)} is the address of ${shownId(meant.id)}, an account set aside at start (its address folds onto another account's)${both}: name the account with --id`,
     );
   }
   if (!user) throw new CliError(`no account has the email ${typed}`);

@@ -34,8 +34,13 @@ const REFOLD_PART = 500;
  * are used. In parts of `REFOLD_PART` rows, each an immediate transaction, so processes starting
  * together share the work.
  */
-export function refoldEmailKeys(db: AppDatabase, seal: CredentialSeal): string[] {
+export function refoldEmailKeys(
+  db: AppDatabase,
+  seal: CredentialSeal,
+): { setAside: string[]; heldByTampered: string[] } {
   const setAside: string[] = [];
+  // Said at start (probe 92e F1: such an account could not sign in, and nothing said so).
+  const heldByTampered: string[] = [];
   let after = "";
   for (;;) {
     const part = db.transaction(
@@ -61,7 +66,10 @@ export function refoldEmailKeys(db: AppDatabase, seal: CredentialSeal): string[]
             .from(users)
             .where(eq(users.emailKey, folded))
             .get();
-          if (holder !== undefined && !matches(holder)) continue;
+          if (holder !== undefined && !matches(holder)) {
+            heldByTampered.push(row.id);
+            continue;
+          }
           const emailKey = holder === undefined ? folded : null;
           if (emailKey === null) setAside.push(row.id);
           db.update(users)
@@ -73,7 +81,30 @@ export function refoldEmailKeys(db: AppDatabase, seal: CredentialSeal): string[]
       },
       { behavior: "immediate" },
     );
-    if (typeof part !== "string") return setAside;
+    if (typeof part !== "string") return { setAside, heldByTampered };
     after = part;
   }
+}
+
+/**
+ * Whether a stored key an earlier release folded once folds to `key`: such a row holds the address
+ * until a start folds it (it does not while the row fails its seal), and registering the address
+ * meanwhile would take it from the row for good (probe 92e F1). Read through the partial index.
+ */
+export function unfoldedKeyHolds(db: AppDatabase, key: string): boolean {
+  if (!key.includes("ss")) return false;
+  return (
+    db
+      .select({ emailKey: users.emailKey })
+      .from(users)
+      // Folding makes a key no shorter (`ß` is `ss`): a longer one written into the file is not read.
+      .where(
+        and(
+          sql`instr(${users.emailKey}, 'ß') > 0`,
+          sql`length(${users.emailKey}) <= ${key.length}`,
+        ),
+      )
+      .all()
+      .some((row) => typeof row.emailKey === "string" && foldCase(row.emailKey) === key)
+  );
 }

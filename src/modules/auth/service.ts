@@ -71,7 +71,7 @@ import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey, MAX_EMAIL_LENGTH } from "./email";
-import { refoldEmailKeys } from "./email-keys";
+import { refoldEmailKeys, unfoldedKeyHolds } from "./email-keys";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
 import {
@@ -280,11 +280,17 @@ export class AuthService {
     this.statements = prepareStatements(this.db);
     // Made now, not at the first unknown-email login, so that login is not the slow one.
     if (options.prepareLogin !== false) void this.dummy();
-    const refoldedAside = refoldEmailKeys(this.db, options.seal);
-    if (refoldedAside.length > 0) {
+    const refolded = refoldEmailKeys(this.db, options.seal);
+    if (refolded.setAside.length > 0) {
       options.logger.warn(
-        accountsNamed(refoldedAside),
+        accountsNamed(refolded.setAside),
         "accounts whose address folds again (capital ẞ) onto another account's cannot sign in by email until resolved: users:list marks them; name them with --id (users:role, users:erase)",
+      );
+    }
+    if (refolded.heldByTampered.length > 0) {
+      options.logger.error(
+        accountsNamed(refolded.heldByTampered),
+        "accounts whose address folds again (capital ẞ) onto a key a row that does not match its seal holds (written into the database file) cannot sign in by email until that row is put right or removed; the next start folds them",
       );
     }
     this.reconcileEmailKeys();
@@ -482,7 +488,11 @@ export class AuthService {
         const account = this.sealed(row);
         return account !== null && storedReading(account.email) === reading;
       });
-      const same = this.userByEmail(key) !== null;
+      // A key an earlier release folded once (`straße` for `STRAẞE`) that folds to this one holds
+      // the address too, whether or not its row matches its seal, as the unique index holds a
+      // key: a start folds it once the row is put right, and an account registered meanwhile
+      // took the address from it for good (probe 92e F1).
+      const same = this.userByEmail(key) !== null || unfoldedKeyHolds(this.db, key);
       if (!taken && !same) return false;
       this.options.audit.record({
         type: "auth.register.duplicate",

@@ -382,11 +382,18 @@ export class PaymentLedger {
   }
 
   /** Moves `row` to `next` if the status rule allows it; returns whether it moved. */
-  private move(row: PaymentRow, next: PaymentStatus, eventAt: number, now: number): boolean {
+  private move(
+    row: PaymentRow,
+    next: PaymentStatus,
+    eventAt: number,
+    now: number,
+    // A change that is part of one already written (a refund that makes the payment `refunded`)
+    // keeps that change's time: it is one change to a client (probe 92e F3).
+    updatedAt = changedAt(row, now),
+  ): boolean {
     if (!mayMove(row.status as PaymentStatus, row.statusEventAt, next, eventAt)) return false;
     // Compare-and-set on the status read: another writer in between makes this a no-op.
     const statusEventAt = Math.max(eventAt, row.statusEventAt);
-    const updatedAt = changedAt(row, now);
     const moved = this.db
       .update(payments)
       .set({
@@ -499,7 +506,8 @@ export class PaymentLedger {
       .where(eq(payments.id, id))
       .run();
     const refunded = { ...row, amountRefunded: total, updatedAt: at };
-    const moved = total === row.amount && this.move(refunded, "refunded", row.statusEventAt, at);
+    const moved =
+      total === row.amount && this.move(refunded, "refunded", row.statusEventAt, at, at);
     return { kind: "recorded", entered: moved ? "refunded" : null };
   }
 

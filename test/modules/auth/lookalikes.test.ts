@@ -785,7 +785,9 @@ describe("rows stored before normalisation", () => {
       env,
     );
     expect(promoteTyped.code).toBe(1);
-    expect(promoteTyped.stderr).toContain("name it with --id second");
+    expect(promoteTyped.stderr).toContain(
+      "is the address of second, an account set aside at start",
+    );
     role("user");
     const keyTyped = await cliInProcess(
       ["keys:create", "--name", "k", "--scopes", "chat", "--owner", "STRA\u1e9eE@example.com"],
@@ -897,11 +899,77 @@ describe("rows stored before normalisation", () => {
         env,
       );
       expect({ spelling, code: promoted.code }).toEqual({ spelling, code: 1 });
-      expect(promoted.stderr).toContain("name it with --id typed-then");
+      expect(promoted.stderr).toContain(
+        "is the address of typed-then, an account set aside at start",
+      );
     }
     expect(sqlite.query("SELECT role FROM users WHERE id = ?").get(emile)).toEqual({
       role: "user",
     });
+  });
+
+  test("an address whose account an earlier release folded once cannot be registered while the start leaves it unfolded (its row fails its seal, or a forged row holds its key), and is said at start (probe 92e F1, F2)", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const { credentialSeal } = target.services;
+    const insertSealed = (id: string, email: string, emailKey: string | null, seal?: string) => {
+      sqlite.run(
+        `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
+         VALUES (?1, ?2, ?3, 'x', 'user', ?4, 1, 1)`,
+        [
+          id,
+          email,
+          emailKey,
+          seal ?? credentialSeal.account({ id, email, emailKey, passwordHash: "x", role: "user" }),
+        ],
+      );
+    };
+    // Folded once, its role then written into the file; and one whose folded key a forged row holds.
+    insertSealed("tampered", "GRO\u1e9eE@example.com", "gro\u00dfe@example.com");
+    sqlite.run("UPDATE users SET role = 'admin' WHERE id = 'tampered'");
+    insertSealed("held", "KLA\u1e9eE@example.com", "kla\u00dfe@example.com");
+    insertSealed("forged", "klasse@example.com", "klasse@example.com", "x");
+    const next = startOn(target.databasePath, { AUDIT_SECRET_KEY: target.config.audit.secretKey });
+    try {
+      const said = next.logs.entries.find((entry) =>
+        String(entry.msg).startsWith("accounts whose address folds again (capital ẞ) onto a key"),
+      ) as { level: string; users: string[] } | undefined;
+      expect(said).toMatchObject({ level: "error", users: ["held"] });
+      // Neither address can be taken meanwhile: undone, the file gives each its account back.
+      for (const address of ["grosse@example.com", "GROSSE@example.com", "klasse@example.com"]) {
+        const taken = await register(next, address);
+        expect({ address, status: taken.status }).toEqual({ address, status: 409 });
+      }
+      expect(sqlite.query("SELECT count(*) AS n FROM users").get()).toEqual({ n: 3 });
+    } finally {
+      next.close();
+    }
+    sqlite.run("UPDATE users SET role = 'user' WHERE id = 'tampered'");
+    sqlite.run("DELETE FROM users WHERE id = 'forged'");
+    secondProcess(target).close();
+    expect(target.services.auth.findUserByEmail("grosse@example.com")?.id).toBe("tampered");
+    expect(target.services.auth.findUserByEmail("klasse@example.com")?.id).toBe("held");
+    // A set-aside account whose stored address is the holder's own, normalised (`strasse@B.COM`
+    // beside `strasse@b.com`): the address names both, and neither is guessed.
+    expect((await register(target, "strasse@example.com")).status).toBe(201);
+    insertSealed("beside", "strasse@EXAMPLE.COM", null);
+    secondProcess(target).close();
+    const env = {
+      DATABASE_PATH: target.databasePath,
+      AUDIT_SECRET_KEY: target.config.audit.secretKey,
+    };
+    const holder = target.services.auth.findUserByEmail("strasse@example.com")!.id;
+    for (const args of [
+      ["users:role", "--email", "strasse@EXAMPLE.COM", "--role", "admin"],
+      ["users:erase", "--email", "strasse@example.com", "--yes"],
+      ["keys:create", "--name", "k", "--scopes", "chat", "--owner", "strasse@example.com"],
+    ]) {
+      const refused = await cliInProcess(args, env);
+      expect({ command: args[0], code: refused.code }).toEqual({ command: args[0], code: 1 });
+      expect(refused.stderr).toContain(`is the address of beside`);
+    }
+    expect(target.services.auth.findUser(holder)?.role).toBe("user");
+    expect(sqlite.query("SELECT count(*) AS n FROM api_keys").get()).toEqual({ n: 0 });
   });
 
   test("many keys to fold again are folded a part at a time, all of them; a start's warn line names ids cut short (probe 92a F4, F5)", async () => {

@@ -243,6 +243,21 @@ test("a refund's answer shows the payment as the refund left it, its updatedAt t
   expect(payment).toEqual(stored);
   expect(payment.updatedAt).toBe(new Date(start + 60_000).toISOString());
   expect(payment.amountRefunded).toBe(300);
+  // The rest, which makes it `refunded`: one change, one time, in the answer and the row (probe
+  // 92e F3: the move to `refunded` was a millisecond later).
+  clock.advance(60_000);
+  const rest = await refund(target, id, bearer(admin.accessToken));
+  expect(rest.status).toBe(200);
+  const after = ((await rest.json()) as { payment: { status: string; updatedAt: string } }).payment;
+  expect(after).toMatchObject({
+    status: "refunded",
+    updatedAt: new Date(start + 120_000).toISOString(),
+  });
+  expect(
+    await (
+      await send(target, `/api/payments/${id}`, { headers: bearer(alice.accessToken) })
+    ).json(),
+  ).toEqual(after);
 });
 
 test("a change recorded after a newer write (a refund whose record waited for a lock behind a webhook) moves updatedAt forward, never back nor frozen (probes 92b F1, 92d F1, F2)", async () => {
@@ -286,11 +301,11 @@ test("a change recorded after a newer write (a refund whose record waited for a 
   target.db.transaction(() => ledger.recordRefund(id, 2000, at("09:59:30"), null));
   expect(await stored()).toMatchObject({ updatedAt: "2030-01-01T10:00:00.002Z" });
   target.db.transaction(() => ledger.recordRefund(id, 3000, at("10:05:00"), null));
-  // (The whole amount refunded, its move to `refunded` is a second change, a millisecond on.)
+  // The whole amount refunded, its move to `refunded` is the same change, at the same time.
   expect(await stored()).toMatchObject({
     amountRefunded: 3000,
     status: "refunded",
-    updatedAt: "2030-01-01T10:05:00.001Z",
+    updatedAt: "2030-01-01T10:05:00.000Z",
   });
 });
 
