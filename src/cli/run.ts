@@ -119,13 +119,15 @@ export async function runCli(
   // (an 8-character password, a test-mode key) are not applied to it unsaid (probe 86d F3). A
   // command that makes something is refused; one that reads goes on, said.
   const judgedAsServed = (path: string): string | null => {
-    if (namesProfile(env) || !existsSync(path)) return null;
+    if (!existsSync(path)) return null;
     const served = servedProfileOf(path);
     if (served !== "production" && served !== "staging") return null;
+    // Named here, the profile is the operator's choice; the file's audit key still is not made.
+    if (namesProfile(env)) return served;
     const said = `DATABASE_PATH ${path} was last served with APP_ENV=${served} and no APP_ENV is set here`;
     if (command.database === "makes") {
       throw new CliError(
-        `${said}: ${command.name} would apply the development profile's rules to it; set APP_ENV=${served} (or APP_ENV=development to apply them anyway)`,
+        `${said}: ${command.name} would apply the development profile's rules to it; set APP_ENV=${served} (APP_ENV=development applies them anyway, with the service's AUDIT_SECRET_KEY)`,
       );
     }
     io.err(
@@ -145,12 +147,9 @@ export async function runCli(
           command.database === "none" || servedDeployed !== null ? "if there" : "load or make",
       });
       // Without AUDIT_SECRET_KEY there is no key its log is written with here: read with one made
-      // for this run, every row showed as changed in the file (probe 92e F4).
-      if (
-        servedDeployed !== null &&
-        loaded.audit.developmentKeyFile !== null &&
-        !loaded.audit.developmentKeyOnDisk
-      ) {
+      // for this run, every row showed as changed in the file (probe 92e F4), and a development
+      // key file beside it is none either (92f F2: one made there, or left, did the same).
+      if (servedDeployed !== null && loaded.audit.developmentKeyFile !== null) {
         throw new CliError(
           `DATABASE_PATH ${loaded.databasePath} was last served with APP_ENV=${servedDeployed}, whose audit log is keyed with AUDIT_SECRET_KEY, which is not set here: set APP_ENV=${servedDeployed} and the service's secrets`,
         );

@@ -6,7 +6,7 @@
  */
 import { Database } from "bun:sqlite";
 import { expect, test } from "bun:test";
-import { existsSync } from "node:fs";
+import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { ConfigError } from "../../src/config";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
@@ -239,7 +239,7 @@ test("a command run without APP_ENV on a file a production service served: one t
   );
   expect(made.code).toBe(1);
   expect(made.stderr).toBe(
-    `palisade users:create: DATABASE_PATH ${path} was last served with APP_ENV=production and no APP_ENV is set here: users:create would apply the development profile's rules to it; set APP_ENV=production (or APP_ENV=development to apply them anyway)`,
+    `palisade users:create: DATABASE_PATH ${path} was last served with APP_ENV=production and no APP_ENV is set here: users:create would apply the development profile's rules to it; set APP_ENV=production (APP_ENV=development applies them anyway, with the service's AUDIT_SECRET_KEY)`,
   );
   expect(rows(path, "SELECT count(*) AS n FROM users")).toEqual([{ n: 0 }]);
   // Nothing made beside it either: no development audit key.
@@ -261,6 +261,18 @@ test("a command run without APP_ENV on a file a production service served: one t
     expect(bare.stdout).toBe("");
   }
   expect(existsSync(`${path}.audit-key`)).toBe(false);
+  // Nor with APP_ENV=development named, nor with a development key file left beside it (92f F2:
+  // one made there by the first, it was read as the key and every row called changed).
+  const named = await cliInProcess(["audit:tail"], { DATABASE_PATH: path, APP_ENV: "development" });
+  expect(named.code).toBe(1);
+  expect(existsSync(`${path}.audit-key`)).toBe(false);
+  writeFileSync(`${path}.audit-key`, "a-development-key-left-beside-it-0123456789\n", {
+    mode: 0o600,
+  });
+  const leftover = await cliInProcess(["audit:tail"], { DATABASE_PATH: path });
+  expect(leftover.code).toBe(1);
+  expect(leftover.stdout).toBe("");
+  rmSync(`${path}.audit-key`);
   // Named, the profile's own rules apply: production refuses that password, development takes it.
   const production = await cliInProcess(
     ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],

@@ -6,7 +6,6 @@ import {
   keyNameProblem,
   MAX_KEY_NAME_LENGTH,
 } from "../../modules/auth/api-keys";
-import { normalizeEmail } from "../../modules/auth/email";
 import type { Scope } from "../../plugins/auth/principal";
 import {
   CliError,
@@ -45,20 +44,15 @@ export const keysCreate: Command = {
     let owner: { id: string; email: string } | null = null;
     if (typeof args.flags.owner === "string") {
       const typed = args.flags.owner;
-      // Its own stored spelling typed, an account set aside at start is meant, and has no key to
-      // be found by: refused, never taken for the account holding the key (probe 92a F1).
-      const normalised = (address: unknown) =>
-        typeof address === "string" ? normalizeEmail(address)?.email : undefined;
-      const asStored = normalised(typed);
-      const meant = services.auth
-        .setAsideAlike(typed)
-        .find((row) => normalised(row.email) === asStored);
-      owner = services.auth.findUserByEmail(typed);
-      if (meant !== undefined) {
+      // An account set aside at start has an address whose key another holds: any spelling of it
+      // may mean either, and the set-aside one has no key to own (probes 92a F1, 92f F3).
+      const alike = services.auth.setAsideAlike(typed);
+      if (alike.length > 0) {
         throw new CliError(
-          `--owner ${asStored} is the address of ${String(meant.id)}, an account set aside at start (its address folds onto another account's), which has no key to own${owner !== null && normalised(owner.email) === asStored ? `, and of ${owner.id}, which holds it: which account is meant cannot be told` : ""}: see users:list`,
+          `--owner: the address is also that of ${alike.map((row) => String(row.id)).join(", ")}, set aside at start (its address folds onto another account's): which account is meant cannot be told; see users:list`,
         );
       }
+      owner = services.auth.findUserByEmail(typed);
       if (!owner) throw new CliError(`no account has the email ${typed}`);
     }
     const userId = owner?.id ?? null;

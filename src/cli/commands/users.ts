@@ -1,6 +1,6 @@
 import { generateSecret } from "../../config/secrets";
 import { spellOut } from "../../logging/spell-out";
-import { INVALID_EMAIL_MESSAGES, normalizeEmail } from "../../modules/auth/email";
+import { INVALID_EMAIL_MESSAGES } from "../../modules/auth/email";
 import type { OperatorAccount } from "../../modules/auth/service";
 import type { Role } from "../../plugins/auth/principal";
 import {
@@ -63,30 +63,18 @@ function namedAccount(
   }
   const typed = email as string;
   const user = auth.accountForOperator(typed);
+  // An account set aside at start has an address whose key another holds: any spelling of it
+  // may mean either, so neither is guessed (probe 92a F1: its own spelling acted on the holder;
+  // 92f F3: one spelling did, another did not).
   const alike = auth.setAsideAlike(typed);
-  // Compared as normalised: a row set aside before normalisation holds its address as typed then
-  // (`Strasse@B.COM`), which users:list shows (probe 92c F2).
-  const normalised = (address: unknown) =>
-    typeof address === "string" ? normalizeEmail(address)?.email : undefined;
-  const asStored = normalised(typed);
-  const meant = alike.find((row) => normalised(row.email) === asStored);
-  if (meant !== undefined) {
-    // The holder's address may be this spelling too (`strasse@B.COM` set aside beside
-    // `strasse@b.com`): then it names both, and neither is guessed (probe 92e F2).
-    const both =
-      user !== null && normalised(user.email) === asStored
-        ? `, and of ${shownId(user.id)}, which holds it`
-        : "";
+  if (alike.length > 0) {
+    const holder =
+      user === null ? "" : `, and ${shownAddress(user.email)} (${shownId(user.id)}) holds it`;
     throw new CliError(
-      `${shownAddress(meant.email)} is the address of ${shownId(meant.id)}, an account set aside at start (its address folds onto another account's)${both}: name the account with --id`,
+      `the address is also that of ${alike.map((row) => `${shownAddress(row.email)} (${shownId(row.id)})`).join(", ")}, set aside at start (its address folds onto another account's)${holder}: name the account with --id`,
     );
   }
   if (!user) throw new CliError(`no account has the email ${typed}`);
-  if (alike.length > 0) {
-    context.err(
-      `note: set aside at start beside this account, their addresses folding onto its: ${alike.map((row) => shownId(row.id)).join(", ")}; this command acts on ${shownAddress(user.email)} (${shownId(user.id)}); name another with --id`,
-    );
-  }
   return user;
 }
 

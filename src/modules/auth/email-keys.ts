@@ -70,7 +70,21 @@ export function refoldEmailKeys(
             heldByTampered.push(row.id);
             continue;
           }
-          const emailKey = holder === undefined ? folded : null;
+          // Of two accounts, the older keeps the address, by their sealed ids (time-ordered
+          // UUIDv7s Palisade made; `created_at` is not sealed): an account registered while this
+          // one's key was hidden in the file (its `ß` written away) is the newer, and does not keep
+          // the address once the file is put right (probe 92f F1).
+          if (holder !== undefined && typeof holder.id === "string" && holder.id > row.id) {
+            db.update(users)
+              .set({ emailKey: null, seal: seal.account({ ...holder, emailKey: null }) })
+              .where(eq(users.id, holder.id))
+              .run();
+            setAside.push(holder.id);
+          }
+          const emailKey =
+            holder === undefined || (typeof holder.id === "string" && holder.id > row.id)
+              ? folded
+              : null;
           if (emailKey === null) setAside.push(row.id);
           db.update(users)
             .set({ emailKey, seal: seal.account({ ...row, emailKey }) })
