@@ -1,4 +1,5 @@
 import { storedTimeText, storedValueText } from "../../db/stored-values";
+import { spellOut } from "../../logging/spell-out";
 import { MAX_KEY_DAYS } from "../../modules/admin/model";
 import {
   isScope,
@@ -49,7 +50,7 @@ export const keysCreate: Command = {
       const alike = services.auth.setAsideAlike(typed);
       if (alike.length > 0) {
         throw new CliError(
-          `--owner: the address is also that of ${alike.map((row) => String(row.id)).join(", ")}, set aside at start (its address folds onto another account's): which account is meant cannot be told; see users:list`,
+          `--owner: the address is also that of ${alike.map((row) => (typeof row.id === "string" ? row.id : spellOut(row.id))).join(", ")}, set aside at start (its address folds onto another account's): which account is meant cannot be told; see users:list`,
         );
       }
       owner = services.auth.findUserByEmail(typed);

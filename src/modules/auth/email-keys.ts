@@ -25,11 +25,14 @@ const REFOLD_PART = 500;
  * Folds again every stored key a second fold changes, on rows that match their seal (resealed with
  * the new key). Nothing a row that does not match its seal holds is changed: it is refused anyway,
  * and put back as it was sealed it matches again, which a changed key would have undone for good
- * (probe 92a F2, 92c F1). A key another account already holds, intact, is not taken: this row is
- * set aside (its key null, as `reconcileEmailKeys` sets aside a collision) and its id returned.
- * Held by a row that fails its seal, neither changes (92a F3: the forged row set the genuine
- * account aside; 92c F1: taking the key from it undid a tamper's way back): the genuine row keeps
- * its old key, and the next start tries again. Seals are checked without reporting: such rows
+ * (probe 92a F2, 92c F1). A key another row already holds changes neither row: the start never
+ * moves an address from the account that holds it, nor decides between two accounts on what the
+ * file says (92a F3, 92c F1: a forged or tampered holder set a genuine account aside, or lost its
+ * key for good; 92f F1, 92g F1: deciding by which is the older, an account registered while the
+ * file hid the other's key kept it, and a row copied back from a backup took it). The row keeps
+ * its old key, which signs in to nothing (every lookup folds), and its id is returned: held by an
+ * intact account (`collides`), for an operator to resolve, or by a row that fails its seal
+ * (`heldByTampered`), which the next start after the file is put right folds. Seals are checked without reporting: such rows
  * are read at every start, and each report is an audit row (92c F5); they are reported when they
  * are used. In parts of `REFOLD_PART` rows, each an immediate transaction, so processes starting
  * together share the work.
@@ -37,8 +40,8 @@ const REFOLD_PART = 500;
 export function refoldEmailKeys(
   db: AppDatabase,
   seal: CredentialSeal,
-): { setAside: string[]; heldByTampered: string[] } {
-  const setAside: string[] = [];
+): { collides: string[]; heldByTampered: string[] } {
+  const collides: string[] = [];
   // Said at start (probe 92e F1: such an account could not sign in, and nothing said so).
   const heldByTampered: string[] = [];
   let after = "";
@@ -66,26 +69,11 @@ export function refoldEmailKeys(
             .from(users)
             .where(eq(users.emailKey, folded))
             .get();
-          if (holder !== undefined && !matches(holder)) {
-            heldByTampered.push(row.id);
+          if (holder !== undefined) {
+            (matches(holder) ? collides : heldByTampered).push(row.id);
             continue;
           }
-          // Of two accounts, the older keeps the address, by their sealed ids (time-ordered
-          // UUIDv7s Palisade made; `created_at` is not sealed): an account registered while this
-          // one's key was hidden in the file (its `ß` written away) is the newer, and does not keep
-          // the address once the file is put right (probe 92f F1).
-          if (holder !== undefined && typeof holder.id === "string" && holder.id > row.id) {
-            db.update(users)
-              .set({ emailKey: null, seal: seal.account({ ...holder, emailKey: null }) })
-              .where(eq(users.id, holder.id))
-              .run();
-            setAside.push(holder.id);
-          }
-          const emailKey =
-            holder === undefined || (typeof holder.id === "string" && holder.id > row.id)
-              ? folded
-              : null;
-          if (emailKey === null) setAside.push(row.id);
+          const emailKey = folded;
           db.update(users)
             .set({ emailKey, seal: seal.account({ ...row, emailKey }) })
             .where(eq(users.id, row.id))
@@ -95,30 +83,37 @@ export function refoldEmailKeys(
       },
       { behavior: "immediate" },
     );
-    if (typeof part !== "string") return { setAside, heldByTampered };
+    if (typeof part !== "string") return { collides, heldByTampered };
     after = part;
   }
 }
 
 /**
+ * The rows whose key an earlier release folded once and which fold to `key` (a start leaves such
+ * a row as it is while another row holds `key`): they hold the address too. Read through the
+ * partial index; a longer key (written into the file) is not read, as folding makes none shorter.
+ */
+export function unfoldedKeysFoldingTo(
+  db: AppDatabase,
+  key: string,
+): { id: string; email: unknown }[] {
+  if (!key.includes("ss")) return [];
+  return db
+    .select({ id: users.id, email: users.email, emailKey: users.emailKey })
+    .from(users)
+    .where(
+      and(sql`instr(${users.emailKey}, 'ß') > 0`, sql`length(${users.emailKey}) <= ${key.length}`),
+    )
+    .all()
+    .filter((row) => typeof row.emailKey === "string" && foldCase(row.emailKey) === key)
+    .map(({ id, email }) => ({ id, email }));
+}
+
+/**
  * Whether a stored key an earlier release folded once folds to `key`: such a row holds the address
- * until a start folds it (it does not while the row fails its seal), and registering the address
- * meanwhile would take it from the row for good (probe 92e F1). Read through the partial index.
+ * until a start folds it (it does not while another row holds `key`), and registering the address
+ * meanwhile would take it from the row for good (probe 92e F1).
  */
 export function unfoldedKeyHolds(db: AppDatabase, key: string): boolean {
-  if (!key.includes("ss")) return false;
-  return (
-    db
-      .select({ emailKey: users.emailKey })
-      .from(users)
-      // Folding makes a key no shorter (`ß` is `ss`): a longer one written into the file is not read.
-      .where(
-        and(
-          sql`instr(${users.emailKey}, 'ß') > 0`,
-          sql`length(${users.emailKey}) <= ${key.length}`,
-        ),
-      )
-      .all()
-      .some((row) => typeof row.emailKey === "string" && foldCase(row.emailKey) === key)
-  );
+  return unfoldedKeysFoldingTo(db, key).length > 0;
 }

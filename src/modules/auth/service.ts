@@ -45,6 +45,7 @@ import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
+import { sealMatches } from "../../db/row-seal";
 import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
 import { type Logger, storedText } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
@@ -70,8 +71,8 @@ import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
-import { checkEmail, emailLookupKey, MAX_EMAIL_LENGTH } from "./email";
-import { refoldEmailKeys, unfoldedKeyHolds } from "./email-keys";
+import { checkEmail, emailLookupKey, foldCase, MAX_EMAIL_LENGTH } from "./email";
+import { refoldEmailKeys, unfoldedKeyHolds, unfoldedKeysFoldingTo } from "./email-keys";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
 import {
@@ -281,10 +282,10 @@ export class AuthService {
     // Made now, not at the first unknown-email login, so that login is not the slow one.
     if (options.prepareLogin !== false) void this.dummy();
     const refolded = refoldEmailKeys(this.db, options.seal);
-    if (refolded.setAside.length > 0) {
-      options.logger.warn(
-        accountsNamed(refolded.setAside),
-        "accounts whose address folds again (capital ẞ) onto another account's cannot sign in by email until resolved: users:list marks them; name them with --id (users:role, users:erase)",
+    if (refolded.collides.length > 0) {
+      options.logger.error(
+        accountsNamed(refolded.collides),
+        "accounts whose address folds again (capital ẞ) onto another account's: the account holding the address keeps it, and these cannot sign in by email until an operator resolves it (users:list marks both; name them with --id in users:role, users:erase)",
       );
     }
     if (refolded.heldByTampered.length > 0) {
@@ -1173,7 +1174,10 @@ export class AuthService {
         role: row.role,
         createdAt: row.createdAt,
         intact: seal.intact.account(row),
-        setAside: row.emailKey === null,
+        // No key, or one a start left folded once beside the account holding its address.
+        setAside:
+          row.emailKey === null ||
+          (typeof row.emailKey === "string" && foldCase(row.emailKey) !== row.emailKey),
       }));
   }
 
@@ -1200,7 +1204,7 @@ export class AuthService {
    */
   setAsideAlike(email: string): { id: string; email: unknown }[] {
     const key = emailLookupKey(email);
-    return this.db
+    const setAside = this.db
       .select({ id: users.id, email: users.email })
       .from(users)
       .where(isNull(users.emailKey))
@@ -1211,6 +1215,18 @@ export class AuthService {
           row.email.length <= MAX_EMAIL_LENGTH &&
           emailLookupKey(row.email) === key,
       );
+    // And those a start left on a key folded once, whose address another account holds (probe
+    // 92g F1): the same address, which either may be meant by. Only accounts that match their
+    // seals: a row written into the file is no account an operator may mean, and blocked the
+    // address for good (92g F2).
+    const { seal } = this.options;
+    return [...setAside, ...unfoldedKeysFoldingTo(this.db, key)].filter((candidate) => {
+      const row =
+        typeof candidate.id === "string"
+          ? this.statements.userById.get({ value: candidate.id })
+          : undefined;
+      return row !== undefined && sealMatches(seal.account(row), row.seal);
+    });
   }
 
   private asOperatorSees(row: UserRow): OperatorAccount {
