@@ -77,25 +77,29 @@ export function changedAt(row: Pick<PaymentRow, "updatedAt">, now: number): numb
   return Math.max(now, row.updatedAt + 1);
 }
 
+/** JSON with every object's keys sorted, at every level, and undefined members left out. */
+export function canonicalJson(value: unknown): string {
+  const canonical = (part: unknown): unknown => {
+    if (part === null || typeof part !== "object" || Array.isArray(part)) return part;
+    const entries = Object.entries(part as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return Object.fromEntries(entries.map(([k, v]) => [k, canonical(v)]));
+  };
+  return JSON.stringify(canonical(value));
+}
+
 /**
  * Whether two stored metadata texts hold the same keys and values, in any order: a retry may send
- * its keys in another order under the same Idempotency-Key (whose hash sorts them).
+ * its keys in another order under the same Idempotency-Key (whose hash reads them canonically).
  */
 function sameMetadata(stored: string | null, asked: string | null): boolean {
   if (stored === null || asked === null) return stored === asked;
-  const sorted = (text: string) => {
-    try {
-      const parsed: unknown = JSON.parse(text);
-      if (typeof parsed !== "object" || parsed === null) return null;
-      return JSON.stringify(
-        Object.entries(parsed).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
-      );
-    } catch {
-      return null;
-    }
-  };
-  const storedSorted = sorted(stored);
-  return storedSorted !== null && storedSorted === sorted(asked);
+  try {
+    return canonicalJson(JSON.parse(stored)) === canonicalJson(JSON.parse(asked));
+  } catch {
+    return false;
+  }
 }
 
 /** The fields of a verified Stripe event the ledger reads (`Stripe.Event`, narrowed). */

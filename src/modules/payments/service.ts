@@ -36,7 +36,13 @@ import { WaitingWrites } from "../../db/waiting-writes";
 import type { Logger } from "../../logging/logger";
 import { type AuditLog, recordDone } from "../../plugins/audit/log";
 import { RecentEntries } from "../../recent-entries";
-import { type PaymentLedger, type PaymentRow, type PaymentView, viewOf } from "./ledger";
+import {
+  canonicalJson,
+  type PaymentLedger,
+  type PaymentRow,
+  type PaymentView,
+  viewOf,
+} from "./ledger";
 import type { PaymentMetrics } from "./metrics";
 import {
   reportedIdempotencyKey,
@@ -205,16 +211,7 @@ export interface PaymentServiceOptions {
 
 /** The SHA-256 of the request's canonical JSON: keys sorted at every level. */
 export function requestHash(request: IntentRequest): string {
-  const canonical = (value: unknown): unknown => {
-    if (value === null || typeof value !== "object" || Array.isArray(value)) return value;
-    const entries = Object.entries(value as Record<string, unknown>)
-      .filter(([, v]) => v !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return Object.fromEntries(entries.map(([k, v]) => [k, canonical(v)]));
-  };
-  return createHash("sha256")
-    .update(JSON.stringify(canonical(request)))
-    .digest("hex");
+  return createHash("sha256").update(canonicalJson(request)).digest("hex");
 }
 
 /** The idempotency key Stripe sees: scoped to the owner, so owners never share Stripe's replays. */
@@ -1126,18 +1123,18 @@ export class PaymentService {
       this.clock,
       this.refundWalks,
     );
-    if (!result.ok && result.reason === UNDECIDED_NOT_THAT_REFUND) {
-      this.logger.error(
-        context,
-        "the refund Stripe lists under this refund's key is not that refund; it is kept, and no other refund of the payment starts until an operator clears it (payments:undecided)",
-      );
-    } else if (!result.ok) {
-      this.logger.warn(
-        { ...context, kind: result.kind, reason: result.reason },
-        "stripe did not make the refund",
-      );
-    }
     if (!result.ok) {
+      if (result.reason === UNDECIDED_NOT_THAT_REFUND) {
+        this.logger.error(
+          context,
+          "the refund Stripe lists under this refund's key is not that refund; it is kept, and no other refund of the payment starts until an operator clears it (payments:undecided)",
+        );
+      } else {
+        this.logger.warn(
+          { ...context, kind: result.kind, reason: result.reason },
+          "stripe did not make the refund",
+        );
+      }
       // Refused (a 4xx), Stripe made nothing; anything else may have made it, and the refund
       // stays among the payment's undecided ones.
       const decided = result.kind === "refused";
