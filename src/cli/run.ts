@@ -3,7 +3,6 @@
  * The CLI runner: finds the command, prints help, and turns every expected failure (bad usage, bad
  * configuration, a command's CliError) into one line on stderr and a non-zero exit code.
  */
-import { existsSync } from "node:fs";
 import { type Config, ConfigError, databasePathOf, loadConfig } from "../config";
 import type { Environment } from "../config/env-source";
 import { namesProfile } from "../config/parse";
@@ -119,7 +118,7 @@ export async function runCli(
   // (an 8-character password, a test-mode key) are not applied to it unsaid (probe 86d F3). A
   // command that makes something is refused; one that reads goes on, said.
   const judgedAsServed = (path: string): string | null => {
-    if (!existsSync(path)) return null;
+    // A file not there (one a command makes) has none: the look finds nothing.
     const served = servedProfileOf(path);
     if (served !== "production" && served !== "staging") return null;
     // Named here, the profile is the operator's choice; the file's audit key still is not made.

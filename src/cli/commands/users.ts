@@ -42,10 +42,9 @@ function shownAddress(address: unknown): string {
 
 /**
  * The account `--email` or `--id` names (one of them). An address finds the account holding its
- * key; an account set aside at start (its address collides with another's) has none, and is named
- * by its id: its own stored spelling typed is refused, never taken for the other (probe 92a F1: it
- * promoted and erased the account holding the key), and any other spelling is said to have such
- * accounts beside it.
+ * key; an account left beside it at start (its address collides with that one's) is named by its
+ * id, and while there is one, every spelling of the address is refused, naming both (probe 92a
+ * F1: its own spelling promoted or erased the account holding the key).
  */
 function namedAccount(
   args: ParsedArgs,

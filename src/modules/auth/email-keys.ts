@@ -32,10 +32,10 @@ const REFOLD_PART = 500;
  * file hid the other's key kept it, and a row copied back from a backup took it). The row keeps
  * its old key, which signs in to nothing (every lookup folds), and its id is returned: held by an
  * intact account (`collides`), for an operator to resolve, or by a row that fails its seal
- * (`heldByTampered`), which the next start after the file is put right folds. Seals are checked without reporting: such rows
- * are read at every start, and each report is an audit row (92c F5); they are reported when they
- * are used. In parts of `REFOLD_PART` rows, each an immediate transaction, so processes starting
- * together share the work.
+ * (`heldByTampered`), which the next start after the file is put right folds. Seals are checked
+ * without reporting: such rows are read at every start, and each report is an audit row (92c F5);
+ * they are reported when they are used. In parts of `REFOLD_PART` rows, each an immediate
+ * transaction, so processes starting together share the work.
  */
 export function refoldEmailKeys(
   db: AppDatabase,
@@ -90,8 +90,9 @@ export function refoldEmailKeys(
 
 /**
  * The rows whose key an earlier release folded once and which fold to `key` (a start leaves such
- * a row as it is while another row holds `key`): they hold the address too. Read through the
- * partial index; a longer key (written into the file) is not read, as folding makes none shorter.
+ * a row as it is while another row holds `key`): they hold the address too, and registering it
+ * meanwhile would take it from them for good (probe 92e F1). Read through the partial index; a
+ * longer key (written into the file) is not read, as folding makes none shorter.
  */
 export function unfoldedKeysFoldingTo(
   db: AppDatabase,
@@ -107,13 +108,4 @@ export function unfoldedKeysFoldingTo(
     .all()
     .filter((row) => typeof row.emailKey === "string" && foldCase(row.emailKey) === key)
     .map(({ id, email }) => ({ id, email }));
-}
-
-/**
- * Whether a stored key an earlier release folded once folds to `key`: such a row holds the address
- * until a start folds it (it does not while another row holds `key`), and registering the address
- * meanwhile would take it from the row for good (probe 92e F1).
- */
-export function unfoldedKeyHolds(db: AppDatabase, key: string): boolean {
-  return unfoldedKeysFoldingTo(db, key).length > 0;
 }

@@ -72,7 +72,7 @@ import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey, foldCase, MAX_EMAIL_LENGTH } from "./email";
-import { refoldEmailKeys, unfoldedKeyHolds, unfoldedKeysFoldingTo } from "./email-keys";
+import { refoldEmailKeys, unfoldedKeysFoldingTo } from "./email-keys";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
 import {
@@ -437,7 +437,7 @@ export class AuthService {
     if (setAside.length > 0) {
       logger.warn(
         accountsNamed(setAside),
-        "accounts stored before email normalisation (or set aside when their key was folded again) collide with another account or are not valid addresses; they cannot sign in by email until resolved: users:list marks them; name them with --id (users:role, users:erase)",
+        "accounts stored before email normalisation collide with another account or are not valid addresses; they cannot sign in by email until resolved: users:list marks them; name them with --id (users:role, users:erase)",
       );
     }
   }
@@ -493,7 +493,7 @@ export class AuthService {
       // the address too, whether or not its row matches its seal, as the unique index holds a
       // key: a start folds it once the row is put right, and an account registered meanwhile
       // took the address from it for good (probe 92e F1).
-      const same = this.userByEmail(key) !== null || unfoldedKeyHolds(this.db, key);
+      const same = this.userByEmail(key) !== null || unfoldedKeysFoldingTo(this.db, key).length > 0;
       if (!taken && !same) return false;
       this.options.audit.record({
         type: "auth.register.duplicate",
@@ -1159,7 +1159,10 @@ export class AuthService {
     role: Role;
     createdAt: Date;
     intact: boolean;
-    /** No key (set aside at start): it cannot sign in by address, and is named by its id. */
+    /**
+     * No key, or a key folded once beside the account holding its address (both left so at
+     * start): it cannot sign in by address, and is named by its id.
+     */
     setAside: boolean;
   }[] {
     const { seal } = this.options;
@@ -1198,9 +1201,9 @@ export class AuthService {
   }
 
   /**
-   * The accounts set aside at start (no key) whose address has the key `email` has: the address
-   * finds the account holding the key, never them (probe 92a F1: an operator naming one by its
-   * own stored spelling promoted or erased the other). Few: rows only a collision leaves.
+   * The accounts left at start beside the one holding the key `email` has (no key, or one folded
+   * once): the address finds that account, never them (probe 92a F1: an operator naming one by
+   * its own stored spelling promoted or erased the other). Few: rows only a collision leaves.
    */
   setAsideAlike(email: string): { id: string; email: unknown }[] {
     const key = emailLookupKey(email);
