@@ -79,19 +79,25 @@ test("a command without the service's AUDIT_SECRET_KEY stops in one line and wri
   writeAuditRowAndStop(path);
   const before = rows(path, "SELECT count(*) AS n FROM audit_events");
 
-  // Another key, and none at all (development then makes DATABASE_PATH.audit-key and uses it).
-  for (const env of [{ AUDIT_SECRET_KEY: OTHER_AUDIT_KEY }, {}]) {
+  // Another key, and none at all: development made DATABASE_PATH.audit-key and used it, which was
+  // not the log's key, and left there it was read by every later command and development start
+  // (probe 92g F3). Now nothing is made beside a keyed log, and the line says what to set.
+  for (const [env, said] of [
+    [
+      { AUDIT_SECRET_KEY: OTHER_AUDIT_KEY },
+      "is not the key this database's audit log is written with",
+    ],
+    [{}, `is not set, and no development key file is beside the database (${path}.audit-key)`],
+  ] as const) {
     const result = await cliInProcess(["keys:list"], { DATABASE_PATH: path, ...env });
     expect(result.code).toBe(2);
     const lines = result.stderr.split("\n");
     expect(lines).toHaveLength(1);
-    expect(lines[0]).toStartWith(
-      "palisade keys:list: AUDIT_SECRET_KEY is not the key this database's audit log is written with",
-    );
+    expect(lines[0]).toStartWith(`palisade keys:list: AUDIT_SECRET_KEY ${said}`);
     expect(lines[0]).not.toContain(OTHER_AUDIT_KEY);
     expect(rows(path, "SELECT count(*) AS n FROM audit_events")).toEqual(before);
   }
-  expect(existsSync(`${path}.audit-key`)).toBe(true);
+  expect(existsSync(`${path}.audit-key`)).toBe(false);
 
   // With the service's key the command runs, and the chain still verifies.
   const listed = await cliInProcess(["keys:list"], {
@@ -160,8 +166,9 @@ test("on a new database the first start records its key, so a command without it
     "Str0ng-Passw0rd-For-Admin-77!",
   );
   expect(created.code).toBe(2);
-  expect(created.stderr).toStartWith("palisade users:create: AUDIT_SECRET_KEY is not the key");
+  expect(created.stderr).toStartWith("palisade users:create: AUDIT_SECRET_KEY is not set");
   expect(rows(path, "SELECT count(*) AS n FROM users")).toEqual([{ n: 0 }]);
+  expect(existsSync(`${path}.audit-key`)).toBe(false);
   // A second start adds nothing: the log is no longer empty.
   const again = await startService({ DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY });
   await again.stop();
@@ -297,4 +304,31 @@ test("a command run without APP_ENV on a file a production service served: one t
   expect(rows(path, "SELECT profile FROM served_profile")).toEqual([{ profile: "development" }]);
   const quiet = await cliInProcess(["users:list"], shell);
   expect({ code: quiet.code, stderr: quiet.stderr }).toEqual({ code: 0, stderr: "" });
+}, 30_000);
+
+test("a production file from before the served profile was recorded: a command without APP_ENV and AUDIT_SECRET_KEY is refused on the key and makes no key beside it (probe 92g F3)", async () => {
+  const path = databaseFile();
+  const service = await startService({ ...PRODUCTION_ENV, DATABASE_PATH: path });
+  await service.stop();
+  const file = new Database(path);
+  file.run("DELETE FROM served_profile");
+  file.close();
+  for (const command of ["users:list", "audit:tail", "keys:create"]) {
+    const args =
+      command === "keys:create" ? [command, "--name", "k", "--scopes", "chat"] : [command];
+    const bare = await cliInProcess(args, { DATABASE_PATH: path });
+    expect({ command, code: bare.code }).toEqual({ command, code: 2 });
+    expect(bare.stderr).toBe(
+      `palisade ${command}: AUDIT_SECRET_KEY is not set, and no development key file is beside the database (${path}.audit-key) while its audit log is keyed: set AUDIT_SECRET_KEY to the service's key (and APP_ENV to its profile), or copy the key file the log was written with there (a backup's PATH.audit-key)`,
+    );
+    expect(bare.stdout).toBe("");
+    expect(existsSync(`${path}.audit-key`)).toBe(false);
+  }
+  expect(rows(path, "SELECT count(*) AS n FROM api_keys")).toEqual([{ n: 0 }]);
+  // The service starts on it as before, and then the commands say what to set.
+  const again = await startService({ ...PRODUCTION_ENV, DATABASE_PATH: path });
+  await again.stop();
+  const listed = await cliInProcess(["users:list"], { DATABASE_PATH: path });
+  expect(listed.code).toBe(1);
+  expect(listed.stderr).toContain("was last served with APP_ENV=production");
 }, 30_000);

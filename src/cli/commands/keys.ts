@@ -1,5 +1,4 @@
 import { storedTimeText, storedValueText } from "../../db/stored-values";
-import { spellOut } from "../../logging/spell-out";
 import { MAX_KEY_DAYS } from "../../modules/admin/model";
 import {
   isScope,
@@ -8,6 +7,7 @@ import {
   MAX_KEY_NAME_LENGTH,
 } from "../../modules/auth/api-keys";
 import type { Scope } from "../../plugins/auth/principal";
+import type { Services } from "../../services";
 import {
   CliError,
   type Command,
@@ -16,16 +16,36 @@ import {
   requireFlag,
   requireFlagWithin,
 } from "../command";
+import { shownAddress, shownId } from "../shown";
 
 /** A time as the file holds it: an ISO date, or the text a row written into the file holds. */
 const iso = (ms: unknown) => (ms === null ? "-" : storedTimeText(ms));
+
+/** The account `--owner-id` names, if a key may be given to it. */
+function ownerById(auth: Services["auth"], id: string): { id: string; email: string } {
+  const account = auth.accountForOperatorById(id);
+  if (account === null) throw new CliError(`no account has the id ${id}`);
+  const shown = shownAddress(account.email);
+  if (account.erased) {
+    throw new CliError(
+      `the account of ${shown} was erased; its row is in the database file again, copied back from before its erasure (a backup): it is refused and owns no key`,
+    );
+  }
+  if (!account.intact) {
+    throw new CliError(
+      `the account of ${shown} does not match its seal (it was written into the database file); it is refused and owns no key`,
+    );
+  }
+  return { id: account.id, email: shown };
+}
 
 export const keysCreate: Command = {
   name: "keys:create",
   database: "makes",
   summary:
     "Create an API key with scopes (chat, payments, admin, metrics); the key is printed once",
-  usage: "keys:create --name N --scopes a,b [--expires 30d] [--env live|test] [--owner EMAIL]",
+  usage:
+    "keys:create --name N --scopes a,b [--expires 30d] [--env live|test] [--owner EMAIL | --owner-id ID]",
   run(args, context) {
     const name = requireFlagWithin(args, "name", MAX_KEY_NAME_LENGTH, keyNameProblem);
     const scopes = requireFlag(args, "scopes")
@@ -43,14 +63,21 @@ export const keysCreate: Command = {
       throw new CliError("--env must be live or test", EXIT_USAGE);
     const services = context.services();
     let owner: { id: string; email: string } | null = null;
-    if (typeof args.flags.owner === "string") {
+    if (typeof args.flags.owner === "string" && typeof args.flags["owner-id"] === "string") {
+      throw new CliError("give one of --owner or --owner-id", EXIT_USAGE);
+    }
+    if (typeof args.flags["owner-id"] === "string") {
+      // By id: the account an address cannot name while another account is left beside it
+      // (stop 80's note: no key could be given to the holder of such an address).
+      owner = ownerById(services.auth, args.flags["owner-id"]);
+    } else if (typeof args.flags.owner === "string") {
       const typed = args.flags.owner;
       // An account set aside at start has an address whose key another holds: any spelling of it
       // may mean either, and the set-aside one has no key to own (probes 92a F1, 92f F3).
       const alike = services.auth.setAsideAlike(typed);
       if (alike.length > 0) {
         throw new CliError(
-          `--owner: the address is also that of ${alike.map((row) => (typeof row.id === "string" ? row.id : spellOut(row.id))).join(", ")}, set aside at start (its address folds onto another account's): which account is meant cannot be told; see users:list`,
+          `--owner: the address is also that of ${alike.map((row) => shownId(row.id)).join(", ")}, set aside at start (its address folds onto another account's): which account is meant cannot be told; see users:list, and name the account with --owner-id`,
         );
       }
       owner = services.auth.findUserByEmail(typed);

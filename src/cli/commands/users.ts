@@ -1,5 +1,4 @@
 import { generateSecret } from "../../config/secrets";
-import { spellOut } from "../../logging/spell-out";
 import { INVALID_EMAIL_MESSAGES } from "../../modules/auth/email";
 import type { OperatorAccount } from "../../modules/auth/service";
 import type { Role } from "../../plugins/auth/principal";
@@ -11,6 +10,7 @@ import {
   type ParsedArgs,
   requireFlag,
 } from "../command";
+import { shownAddress, shownId } from "../shown";
 import { terminalJson } from "../terminal";
 
 function roleFlag(args: ParsedArgs): Role {
@@ -19,25 +19,6 @@ function roleFlag(args: ParsedArgs): Role {
     throw new CliError("--role must be user or admin", EXIT_USAGE);
   }
   return role;
-}
-
-/**
- * An account's id as the file holds it: a forged row's blob is shown as SQL writes one, `x'…'` (it
- * was printed as its bytes joined by commas, probe 80a), whatever else as its text.
- */
-const shownId = (id: unknown): string => (typeof id === "string" ? id : spellOut(id));
-
-/** The longest address shown whole: RFC 5321's 254, with room; a longer one was written into the file. */
-const SHOWN_ADDRESS_CHARACTERS = 320;
-
-/**
- * An account's address as stored: a long one (written into the file) cut, saying how long it is,
- * and one that is no text spelt as the file holds it (probe 85d F6: 600 KB printed twice whole).
- */
-function shownAddress(address: unknown): string {
-  if (typeof address !== "string") return spellOut(address);
-  if (address.length <= SHOWN_ADDRESS_CHARACTERS) return address;
-  return `${address.slice(0, SHOWN_ADDRESS_CHARACTERS)}… (${address.length} characters)`;
 }
 
 /**

@@ -1036,6 +1036,24 @@ describe("rows stored before normalisation", () => {
     expect(
       (await cliInProcess(["users:erase", "--email", "strasse@example.com", "--yes"], env)).code,
     ).toBe(1);
+    // A key is given to either by its id only (the address is refused, naming both).
+    const keyFor = (...owner: string[]) =>
+      cliInProcess(["keys:create", "--name", "k", "--scopes", "chat", ...owner], env);
+    const byAddress = await keyFor("--owner", "strasse@example.com");
+    expect(byAddress.code).toBe(1);
+    expect(byAddress.stderr).toContain(`${id}, set aside at start`);
+    expect(byAddress.stderr).toContain("--owner-id");
+    const byId = await keyFor("--owner-id", newer);
+    expect(byId.code).toBe(0);
+    expect(byId.stdout).toContain(`owner strasse@example.com (${newer})`);
+    const both = await keyFor("--owner", "strasse@example.com", "--owner-id", newer);
+    expect(both).toMatchObject({ code: 2, stdout: "" });
+    const nobody = await keyFor("--owner-id", "00000000-0000-7000-8000-00000000dead");
+    expect(nobody.code).toBe(1);
+    expect(nobody.stderr).toContain("no account has the id");
+    expect(
+      sqlite.query("SELECT user_id AS owner FROM api_keys").all() as { owner: string }[],
+    ).toEqual([{ owner: newer }]);
     expect((await cliInProcess(["users:erase", "--id", newer, "--yes"], env)).code).toBe(0);
     secondProcess(target).close();
     expect(target.services.auth.findUserByEmail("strasse@example.com")?.id).toBe(id);
