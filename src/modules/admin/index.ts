@@ -10,7 +10,7 @@ import { DAY_MS } from "../../clock";
 import { storedValueText, timeOrNull } from "../../db/stored-values";
 import { AppError, problemResponses } from "../../errors";
 import { cursorOfQuery, type ListCursor } from "../../list-cursor";
-import type { AuditEventType } from "../../plugins/audit/events";
+import { type AuditEventType, isRecordedAuditType } from "../../plugins/audit/events";
 import type { AuditLog } from "../../plugins/audit/log";
 import { type authPlugin, type CredentialStanding, lostAdmin } from "../../plugins/auth";
 import type { AuthMetrics } from "../../plugins/auth/metrics";
@@ -350,6 +350,16 @@ export function adminModule(options: AdminModuleOptions) {
             : [
                 ...new Set([formatAddress(address), clientKeyOf(address), siteKeyOf(address)]),
               ].filter((ip) => ip !== null);
+        // A type no release writes finds nothing: a misspelt one answered an empty page, read as
+        // "no such events" (stop 78's note).
+        if (query.type !== undefined && !isRecordedAuditType(query.type)) {
+          throw new AppError("VALIDATION_FAILED", "The request query is invalid.", [
+            {
+              field: "query/type",
+              message: "Expected an audit event type (the README's Audit log lists them)",
+            },
+          ]);
+        }
         const page = queryAuditEvents(
           options.sqlite,
           {

@@ -106,6 +106,22 @@ export const AUDIT_EVENT_TYPES = [
 export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
 
 /**
+ * Types an earlier release wrote and this one no longer does (migration 0022 replaced the rotation
+ * seal): their rows are still in older logs, and still found by type.
+ */
+const RETIRED_AUDIT_EVENT_TYPES = ["auth.rotations_sealed"] as const;
+
+const RECORDED_TYPES: ReadonlySet<string> = new Set([
+  ...AUDIT_EVENT_TYPES,
+  ...RETIRED_AUDIT_EVENT_TYPES,
+]);
+
+/** Whether some release of Palisade writes rows of `type`: what a filter by type can find. */
+export function isRecordedAuditType(type: string): boolean {
+  return RECORDED_TYPES.has(type);
+}
+
+/**
  * The events that say someone wrote into the database file (a row failing its seal, a trigger, a
  * changed table, a second sealing): each pages (grafana/src/alerts.ts), whoever recorded it.
  */
