@@ -84,7 +84,13 @@ const INSTANT =
   "An RFC 3339 instant: upper-case T and Z or an offset, hours 00–23, no leap second, up to nine fraction digits, on a day that exists";
 
 export const AuditQuery = t.Object({
-  type: t.Optional(t.String({ maxLength: 100 })),
+  type: t.Optional(
+    t.String({
+      maxLength: 100,
+      description:
+        "An audit event type, as the README's Audit log lists them (e.g. auth.login.failed); any other is 422",
+    }),
+  ),
   actor: t.Optional(t.String({ maxLength: 200 })),
   ip: t.Optional(
     t.String({
