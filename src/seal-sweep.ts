@@ -88,8 +88,9 @@ export interface SealSweep {
    */
   unreadable: number;
   /**
-   * Of them, account rows and keys in force of a principal the audit log records erased: their seal
-   * holds (copied back, seal and all, from before the erasure), and the service refuses them.
+   * Of them, account rows, keys in force and conversations of a principal the audit log records
+   * erased: their seal holds (copied back, seal and all, from before the erasure), and the service
+   * refuses them (a conversation's owner can no longer sign in).
    */
   restored: number;
   /** The first `maxFindings` failures, in the order found. */
@@ -139,12 +140,13 @@ export function sweepSeals(
 
   // Which of a credential's checks refused it: its seal, or its principal's erasure.
   let erasedFound = false;
+  const erased = erasedPrincipals(sqlite, new AuditKeys(auditSecret));
   const credentials = createCredentialSeal(
     auditSecret,
     (_table, _id, part) => {
       erasedFound ||= part === "erased";
     },
-    erasedPrincipals(sqlite, new AuditKeys(auditSecret)),
+    erased,
   );
   const credentialRefused = (intact: () => boolean): SealFinding["part"] | null => {
     erasedFound = false;
@@ -209,7 +211,10 @@ export function sweepSeals(
      FROM chat_conversations ORDER BY id`,
     (row) => {
       if (!chat.intact.conversation(row)) fail("chat_conversations", row.id);
-      else if (!readableConversation(row)) fail("chat_conversations", row.id, "times");
+      // Its owner erased: copied back, seal and all, from before the erasure (probe 93b F1).
+      else if (erased(`${String(row.ownerKind)}:${String(row.ownerId)}`)) {
+        fail("chat_conversations", row.id, "erased");
+      } else if (!readableConversation(row)) fail("chat_conversations", row.id, "times");
     },
   );
   sweepMessages(chat, (table, select, check) => each(table, select, check), fail);

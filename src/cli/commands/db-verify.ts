@@ -248,13 +248,15 @@ export function sweepLines(sweep: SealSweep): string[] {
   ];
 }
 
-/** What an account or key row of an erased principal is: its seal holds. */
+/** What a row of an erased principal is: its seal holds. */
 const RESTORED = "of an erased account or key, copied back from before its erasure";
 
 function findingLine({ table, id, part }: SealFinding): string {
   switch (part) {
     case "erased":
-      return `${table} ${id}: ${RESTORED} (the audit log records it erased): the service refuses it`;
+      return table === "chat_conversations"
+        ? `${table} ${id}: ${RESTORED}, with its messages (the audit log records its owner erased): no one can read it; users:purge-erased deletes it`
+        : `${table} ${id}: ${RESTORED} (the audit log records it erased): the service refuses it`;
     case "lineage":
       return `${table} ${id}: its lineage does not match its seal (the key works, but reaches no payments and cannot be rotated)`;
     case "rotation_mark":

@@ -8,7 +8,14 @@ import { dbVerify } from "./db-verify";
 import { keysCreate, keysList, keysRevoke } from "./keys";
 import { paymentsUndecided } from "./payments";
 import { usageReset, usageShow } from "./usage";
-import { sessionsEnd, usersCreate, usersErase, usersList, usersRole } from "./users";
+import {
+  sessionsEnd,
+  usersCreate,
+  usersErase,
+  usersList,
+  usersPurgeErased,
+  usersRole,
+} from "./users";
 
 /** Every operator command, in the order the help screen lists them. */
 export const COMMANDS: readonly Command[] = [
@@ -16,6 +23,7 @@ export const COMMANDS: readonly Command[] = [
   usersRole,
   usersList,
   usersErase,
+  usersPurgeErased,
   sessionsEnd,
   keysCreate,
   keysList,

@@ -38,8 +38,14 @@ function namedAccount(
   }
   if (typeof id === "string") {
     const user = auth.accountForOperatorById(id);
-    if (!user) throw new CliError(`no account has the id ${id}`);
-    return user;
+    if (user) return user;
+    // Its rows copied back without the account's are no account, and reached by their own command.
+    if (context.services().credentialSeal.erased(`user:${id}`)) {
+      throw new CliError(
+        `no account has the id ${id}: the audit log records it erased; users:purge-erased deletes what the database file still holds of it`,
+      );
+    }
+    throw new CliError(`no account has the id ${id}`);
   }
   const typed = email as string;
   const user = auth.accountForOperator(typed);
@@ -219,6 +225,38 @@ export const usersErase: Command = {
       );
     }
     if (user.role === "admin") warnIfNoAdmin(auth, context);
+    return 0;
+  },
+};
+
+/** Principals named in a line; past them, counted. */
+const PRINCIPALS_NAMED = 20;
+
+export const usersPurgeErased: Command = {
+  name: "users:purge-erased",
+  summary:
+    "Delete what the database file holds of accounts and keys the audit log records erased (their chat conversations, messages and usage, copied back from before their erasure; db:verify names them)",
+  usage: "users:purge-erased [--yes]",
+  async run(args, context) {
+    const { privacy } = context.services();
+    const remains = privacy.erasedRemains();
+    const { principals } = remains;
+    if (principals.length === 0) {
+      context.out("nothing of an erased account or key is in the database file");
+      return 0;
+    }
+    const more = principals.length - PRINCIPALS_NAMED;
+    const named = `${principals.slice(0, PRINCIPALS_NAMED).join(", ")}${more > 0 ? ` and ${more} more` : ""}`;
+    if (args.flags.yes !== true) {
+      throw new CliError(
+        `the database file holds rows of ${principals.length} erased ${principals.length === 1 ? "principal" : "principals"} (${named}), copied back from before their erasure; add --yes to delete them`,
+        EXIT_USAGE,
+      );
+    }
+    await remains.purge();
+    context.out(
+      `deleted what the database file held of ${principals.length} erased ${principals.length === 1 ? "principal" : "principals"} (${named}); each erasure recorded again`,
+    );
     return 0;
   },
 };

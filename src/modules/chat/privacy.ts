@@ -81,5 +81,29 @@ export function chatContributor(service: ChatService): PrivacyContributor {
       service.erase(owners);
     },
     retain: (now) => service.retain(now),
+    erasedRemains: (erased) => {
+      const owners = service.erasedOwners(erased);
+      const partsAllowed =
+        2 * service.chatPartsOf(owners, CHAT_ROWS_AHEAD_PART) + owners.length + 2;
+      let parts = 0;
+      let next = 0;
+      return {
+        principals: owners.map((owner) => `${owner.kind}:${owner.id}`),
+        step: () => {
+          if (parts++ >= partsAllowed) {
+            throw new Error(
+              `deleting the chat rows of erased principals took ${partsAllowed} parts and they are not all gone: rows keep coming back (a trigger written into the database file?)`,
+            );
+          }
+          if (next < owners.length) {
+            next = service.eraseSomeChat(owners, next, CHAT_ROWS_AHEAD_PART);
+            return false;
+          }
+          // What is left: their usage rows, and any conversation written since.
+          service.eraseInTransaction(owners);
+          return true;
+        },
+      };
+    },
   };
 }

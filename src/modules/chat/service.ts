@@ -40,7 +40,7 @@ import { drizzleOf } from "../../db/client";
 import { type GroupedWrites, groupedWrites } from "../../db/grouped-writes";
 import { IdSequenceError, spentIdsIn } from "../../db/id-sequence";
 import { preparedOnUse } from "../../db/prepared-on-use";
-import { chatConversations, chatMessages, chatUsage } from "../../db/schema";
+import { CHAT_OWNER_KINDS, chatConversations, chatMessages, chatUsage } from "../../db/schema";
 import { DELETE_PART_BYTES, idsWithinBytes } from "../../db/text-bounded";
 import { encodeCursor, type ListCursor } from "../../list-cursor";
 import type { Logger } from "../../logging/logger";
@@ -1404,6 +1404,31 @@ export class ChatService implements ChatTurns {
    * Deletes every conversation, message, usage row and reservation of these owners (inside the
    * erasure). A turn in flight then settles against nothing: its usage row and reservation are gone.
    */
+  /** `erase` in an immediate transaction of its own. */
+  eraseInTransaction(owners: readonly ChatOwner[]): void {
+    this.options.sqlite.transaction(() => this.erase(owners)).immediate();
+  }
+
+  /**
+   * The owners holding chat rows (conversations, usage) whom `erased` says were erased: rows put
+   * back into the file from before their erasure, which no one can read (probe 93b F1). Each
+   * owner once, read by the owner columns' indexes; an owner Palisade never writes (not text, an
+   * unknown kind) is no principal and is left to db:verify.
+   */
+  erasedOwners(erased: (principal: string) => boolean): ChatOwner[] {
+    const owners: ChatOwner[] = [];
+    const distinct = this.options.sqlite.query<{ kind: unknown; id: unknown }, []>(
+      `SELECT owner_kind AS kind, owner_id AS id FROM chat_conversations
+       UNION SELECT owner_kind, owner_id FROM chat_usage`,
+    );
+    for (const { kind, id } of distinct.iterate()) {
+      if (typeof id !== "string" || !CHAT_OWNER_KINDS.some((known) => known === kind)) continue;
+      const owner = { kind: kind as ChatOwner["kind"], id };
+      if (erased(`${owner.kind}:${owner.id}`)) owners.push(owner);
+    }
+    return owners;
+  }
+
   erase(owners: readonly ChatOwner[]): void {
     // Statements prepared once an erasure, not a query built per owner: a user's 2,000 keys held
     // the erasure's transaction ~125 ms here building them.

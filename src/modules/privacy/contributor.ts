@@ -82,4 +82,14 @@ export interface PrivacyContributor {
    * bounded work per call, run by the background maintenance. Returns how many rows went.
    */
   retain?(now: number): number;
+  /**
+   * What it holds of principals the audit log records erased (`erased`): rows copied back into the
+   * file from before their erasure, which no one can read and no erasure reaches, the account being
+   * gone (probe 93b F1). The principals found, and a step deleting a bounded part of their rows in
+   * a transaction of its own, saying whether it is done.
+   */
+  erasedRemains?(erased: (principal: string) => boolean): {
+    principals: string[];
+    step: () => boolean;
+  };
 }

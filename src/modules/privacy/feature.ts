@@ -40,6 +40,7 @@ export function privacyFeature(
     audit: core.audit,
     logger: core.logger,
     onUnfinished: (actors) => resumption.rescan(actors),
+    erased: (principal) => core.credentialSeal.erased(principal),
     account,
     contributors: [...features.flatMap((feature) => feature.privacy ?? []), ipBlocks, auditEvents],
   });

@@ -62,6 +62,11 @@ export interface PrivacyServiceOptions {
   onUnfinished?: (actors: readonly string[]) => void;
   /** How long a part of an erasure's rest waits out another connection's lock (30 s). */
   restLockWaitMs?: number;
+  /**
+   * Whether the audit log records a principal (`user:<id>`, `key:<id>`) erased, as the credential
+   * seals read it: what `erasedRemains` finds rows of.
+   */
+  erased?: (principal: string) => boolean;
 }
 
 /** How long the rest of an erasure waits out another connection's write lock, in all. */
@@ -158,6 +163,42 @@ export class PrivacyService {
   exportText(userId: string): Iterable<string> | null {
     const document = this.export(userId);
     return document && jsonPieces(document);
+  }
+
+  /**
+   * What the contributors hold of principals the audit log records erased: rows copied back into
+   * the file from before their erasure (a backup restored over the tables), which no one can read,
+   * and which no erasure reaches, the account being gone (probe 93b F1: an erased user's
+   * conversations, with their text, stayed until retention). The principals, and `purge`, which
+   * deletes those rows a part at a time (as an erasure's parts ahead of it) and records each
+   * principal's erasure again, `privacy.erased` under its erasure's pseudonym with
+   * `{by: "operator", remains: "true"}` (`users:purge-erased`).
+   */
+  erasedRemains(): { principals: string[]; purge(): Promise<void> } {
+    const { contributors, erased = () => false, audit } = this.options;
+    const found = contributors.flatMap((contributor) => {
+      const remains = contributor.erasedRemains?.(erased);
+      return remains === undefined ? [] : [remains];
+    });
+    const principals = [...new Set(found.flatMap((remains) => remains.principals))];
+    return {
+      principals,
+      purge: async () => {
+        for (const remains of found) {
+          const failure = await this.inParts(remains.step, "hurry");
+          if (failure !== null) throw failure;
+        }
+        for (const principal of principals) {
+          audit.record({
+            type: "privacy.erased",
+            outcome: "success",
+            actor: audit.erasedAs(principal) ?? this.pseudonymOf(principal),
+            detail: { by: "operator", remains: "true" },
+          });
+        }
+        audit.flush();
+      },
+    };
   }
 
   /** Runs every contributor's retention; the maintenance task calls this. */

@@ -10,6 +10,7 @@ import { afterEach, expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../../support/app";
 import { bearer, STRONG_PASSWORD, signUp } from "../../support/auth";
 import { cliInProcess as cli } from "../../support/cli";
+import { copyBack, rowsOf } from "../../support/file-rows";
 import { startOn } from "../../support/restart";
 
 let cleanups: (() => unknown)[] = [];
@@ -17,35 +18,6 @@ afterEach(() => {
   for (const step of cleanups.reverse()) step();
   cleanups = [];
 });
-
-type Row = Record<string, unknown>;
-
-/** Every row of `table` matching `where`, as stored. */
-function rowsOf(path: string, table: string, where: string, ...values: string[]): Row[] {
-  const file = new Database(path, { readonly: true });
-  try {
-    return file.query(`SELECT * FROM ${table} WHERE ${where}`).all(...values) as Row[];
-  } finally {
-    file.close();
-  }
-}
-
-/** Writes `rows` back into `table` as they were (replacing any row of the same key). */
-function copyBack(path: string, table: string, rows: readonly Row[]): void {
-  const file = new Database(path);
-  try {
-    for (const row of rows) {
-      const columns = Object.keys(row);
-      file
-        .query(
-          `INSERT OR REPLACE INTO ${table} (${columns.join(", ")}) VALUES (${columns.map(() => "?").join(", ")})`,
-        )
-        .run(...(columns.map((column) => row[column]) as string[]));
-    }
-  } finally {
-    file.close();
-  }
-}
 
 function fresh(): TestApp {
   const target = buildTestApp();

@@ -1,0 +1,120 @@
+/**
+ * An erased user's chat rows copied back into the file from a backup (seal and all) by someone who
+ * can write the file but does not hold AUDIT_SECRET_KEY (probe 93b F1): no one could read them, but
+ * their text stayed until retention, `db:verify` called them intact, and no command reached them
+ * (the account being gone). The audit log's record of the erasure names them.
+ */
+import { expect, test } from "bun:test";
+import { buildTestApp, send, type TestApp } from "../support/app";
+import { bearer, createKey, signUp } from "../support/auth";
+import { asKey, asUser, chat } from "../support/chat";
+import { cleanupsAfterEach } from "../support/cleanups";
+import { cliInProcess as cli } from "../support/cli";
+import { copyBack, type Row, rowsOf } from "../support/file-rows";
+
+const cleanups = cleanupsAfterEach();
+
+function fresh(): TestApp {
+  const target = buildTestApp();
+  cleanups.push(() => target.close());
+  return target;
+}
+
+/** Every chat row of the owners, as stored. */
+function chatRowsOf(path: string, ownerIds: readonly string[]): Record<string, Row[]> {
+  const owners = `owner_id IN (${ownerIds.map(() => "?").join(", ")})`;
+  return {
+    chat_conversations: rowsOf(path, "chat_conversations", owners, ...ownerIds),
+    chat_messages: rowsOf(
+      path,
+      "chat_messages",
+      `conversation_id IN (SELECT id FROM chat_conversations WHERE ${owners})`,
+      ...ownerIds,
+    ),
+    chat_usage: rowsOf(path, "chat_usage", owners, ...ownerIds),
+  };
+}
+
+function counts(rows: Record<string, Row[]>): Record<string, number> {
+  return Object.fromEntries(Object.entries(rows).map(([table, held]) => [table, held.length]));
+}
+
+test("an erased user's conversations, messages and usage copied back are named by db:verify and deleted by users:purge-erased, a living user's kept (probe 93b F1)", async () => {
+  const target = fresh();
+  const path = target.databasePath;
+  const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: target.config.audit.secretKey };
+  const erased = await signUp(target);
+  const living = await signUp(target);
+  const { key, record } = createKey(target, ["chat"], erased.userId);
+  for (const credential of [asUser(erased), asKey(key), asUser(living)]) {
+    expect((await chat(target, credential, { message: "What can you do?" })).status).toBe(200);
+  }
+  const backup = chatRowsOf(path, [erased.userId, record.id]);
+  expect(counts(backup)).toEqual({ chat_conversations: 2, chat_messages: 4, chat_usage: 2 });
+  const kept = counts(chatRowsOf(path, [living.userId]));
+
+  const gone = await send(target, "/api/me", {
+    method: "DELETE",
+    headers: bearer(erased.accessToken),
+  });
+  expect(gone.status).toBe(204);
+  target.services.audit.flush();
+  expect(counts(chatRowsOf(path, [erased.userId, record.id]))).toEqual({
+    chat_conversations: 0,
+    chat_messages: 0,
+    chat_usage: 0,
+  });
+  for (const [table, rows] of Object.entries(backup)) copyBack(path, table, rows);
+
+  // db:verify names each conversation put back, the user's and the key's, and fails.
+  const verified = await cli(["db:verify"], env);
+  expect(verified.code).toBe(1);
+  for (const conversation of backup.chat_conversations!) {
+    expect(verified.stdout).toContain(
+      `chat_conversations ${conversation.id}: of an erased account or key, copied back from before its erasure, with its messages (the audit log records its owner erased): no one can read it; users:purge-erased deletes it`,
+    );
+  }
+  expect(verified.stdout).toContain("2 are of an erased account or key");
+
+  // users:erase cannot reach an account that is gone, and says which command does.
+  const byId = await cli(["users:erase", "--id", erased.userId, "--yes"], env);
+  expect(byId.code).toBe(1);
+  expect(byId.stderr).toContain("the audit log records it erased; users:purge-erased deletes");
+
+  // Named first, deleted only with --yes.
+  const asked = await cli(["users:purge-erased"], env);
+  expect(asked.code).toBe(2);
+  expect(asked.stderr).toContain(`user:${erased.userId}`);
+  expect(asked.stderr).toContain(`key:${record.id}`);
+  expect(counts(chatRowsOf(path, [erased.userId, record.id]))).toEqual(counts(backup));
+
+  const purged = await cli(["users:purge-erased", "--yes"], env);
+  expect(purged.code).toBe(0);
+  expect(purged.stdout).toContain("deleted what the database file held of 2 erased principals");
+  expect(counts(chatRowsOf(path, [erased.userId, record.id]))).toEqual({
+    chat_conversations: 0,
+    chat_messages: 0,
+    chat_usage: 0,
+  });
+  expect(counts(chatRowsOf(path, [living.userId]))).toEqual(kept);
+  // Recorded under the erasure's pseudonym, never the erased ids.
+  const recorded = rowsOf(path, "audit_events", "type = 'privacy.erased'");
+  expect(recorded.map((row) => row.detail)).toEqual([
+    "{}",
+    '{"by":"operator","remains":"true"}',
+    '{"by":"operator","remains":"true"}',
+  ]);
+  expect(new Set(recorded.map((row) => row.actor)).size).toBe(1);
+  expect(JSON.stringify(rowsOf(path, "audit_events", "1"))).not.toContain(erased.userId);
+
+  expect((await cli(["db:verify"], env)).code).toBe(0);
+  expect((await cli(["audit:verify"], env)).code).toBe(0);
+  const again = await cli(["users:purge-erased"], env);
+  expect(again).toMatchObject({
+    code: 0,
+    stdout: "nothing of an erased account or key is in the database file",
+  });
+  // The living user's conversation still reads.
+  const list = await send(target, "/api/chat/conversations", { headers: asUser(living) });
+  expect(((await list.json()) as { conversations: unknown[] }).conversations).toHaveLength(1);
+});
