@@ -3,9 +3,7 @@
  * The CLI runner: finds the command, prints help, and turns every expected failure (bad usage, bad
  * configuration, a command's CliError) into one line on stderr and a non-zero exit code.
  */
-import { existsSync } from "node:fs";
 import { type Config, ConfigError, databasePathOf, loadConfig } from "../config";
-import { developmentKeyPath } from "../config/development-key";
 import type { Environment } from "../config/env-source";
 import { namesProfile } from "../config/parse";
 import {
@@ -14,7 +12,6 @@ import {
   openDatabase,
   refuseForeignDatabase,
 } from "../db/client";
-import { withALook } from "../db/file-look";
 import {
   dropForeignTriggers,
   droppedTriggerEvents,
@@ -32,11 +29,8 @@ import { namedFirstLine } from "../error-line";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { AuditKeys } from "../plugins/audit/chain";
-import {
-  assertAuditKeyMatchesBeforeMigrating,
-  hasAuditKeyColumn,
-  holdsKeyedRows,
-} from "../plugins/audit/key-match";
+import { keyFileMissingFor, keyFileMissingMessage } from "../plugins/audit/key-file-look";
+import { assertAuditKeyMatchesBeforeMigrating, holdsKeyedRows } from "../plugins/audit/key-match";
 import { createServices, type Services } from "../services";
 import { recordBeforeRefusing, upgradeSealing } from "../upgrade-sealing";
 import {
@@ -141,21 +135,6 @@ export async function runCli(
     );
     return served;
   };
-  // A log keyed with a key that is not beside the file (a production file from before the served
-  // profile was recorded, run without APP_ENV and AUDIT_SECRET_KEY; a file copied without its key
-  // file): a key made here is not the log's, the command was refused on it anyway, and left there
-  // it failed every later command and start (probe 92g F3). Refused, nothing made; one made for
-  // the run alone would have called every row changed (as in probe 92e F4).
-  const keyedWithoutKeyFile = (path: string): boolean => {
-    const keyFile = developmentKeyPath(path);
-    if (keyFile === null || existsSync(keyFile)) return false;
-    try {
-      return withALook(path, (look) => hasAuditKeyColumn(look) && holdsKeyedRows(look)) === true;
-    } catch {
-      // Locked past the wait: the command's own open says so.
-      return false;
-    }
-  };
   const context: CommandContext = {
     config: () => {
       // A command that opens no database makes no key file beside a path that may be mistyped;
@@ -163,20 +142,21 @@ export async function runCli(
       // AUDIT_SECRET_KEY (probe 92c F4: the key made there failed every later command and start).
       if (config) return config;
       const servedDeployed = requireDatabaseFile();
-      const keyNotBeside =
-        command.database !== "none" &&
-        servedDeployed === null &&
-        keyedWithoutKeyFile(databasePathOf(env));
+      // No key made beside a log written with another (probe 92g F3, 93a F3).
+      const keyFileMissing =
+        command.database !== "none" && servedDeployed === null
+          ? keyFileMissingFor(databasePathOf(env))
+          : null;
       const loaded = loadConfig(env, {
         developmentKey:
-          command.database === "none" || servedDeployed !== null || keyNotBeside
+          command.database === "none" || servedDeployed !== null || keyFileMissing !== null
             ? "if there"
             : "load or make",
       });
-      if (keyNotBeside && loaded.audit.developmentKeyFile !== null) {
+      if (keyFileMissing !== null && loaded.audit.developmentKeyFile !== null) {
         throw new ConfigError(
           "AUDIT_SECRET_KEY",
-          `is not set, and no development key file is beside the database (${loaded.audit.developmentKeyFile}) while its audit log is keyed: set AUDIT_SECRET_KEY to the service's key (and APP_ENV to its profile), or copy the key file the log was written with there (a backup's PATH.audit-key)`,
+          keyFileMissingMessage(keyFileMissing, loaded.audit.developmentKeyFile),
         );
       }
       // Without AUDIT_SECRET_KEY there is no key its log is written with here: read with one made

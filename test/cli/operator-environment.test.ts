@@ -18,7 +18,7 @@ import { pinNewAuditLog } from "../../src/upgrade-sealing";
 import { LogCapture, PRODUCTION_ENV, send } from "../support/app";
 import { cleanupsAfterEach, tempDatabaseFile } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
-import { startService } from "../support/process";
+import { runToExit, startService } from "../support/process";
 import { startOn } from "../support/restart";
 
 const cleanups = cleanupsAfterEach();
@@ -111,6 +111,42 @@ test("a command without the service's AUDIT_SECRET_KEY stops in one line and wri
   });
   expect(verified.code).toBe(0);
 });
+
+test("a keyed log without its key file behind a journal a look cannot apply, and a development start on it: refused, no key made beside it (probe 93a F3)", async () => {
+  const path = databaseFile();
+  writeAuditRowAndStop(path);
+  // A journal left beside it (a crash, or written there): the read-only look cannot read past it.
+  writeFileSync(`${path}-journal`, Buffer.alloc(600, 7));
+  const result = await cliInProcess(["users:list"], { DATABASE_PATH: path });
+  expect(result.code).toBe(2);
+  expect(result.stderr).toStartWith(
+    `palisade users:list: AUDIT_SECRET_KEY is not set, and no development key file is beside the database (${path}.audit-key) and the file cannot be read here to tell whether its audit log is keyed`,
+  );
+  expect(existsSync(`${path}.audit-key`)).toBe(false);
+  rmSync(`${path}-journal`);
+  // A development start: the same line, where it made a key and said to restore the file.
+  const start = await runToExit(["bun", "run", "src/index.ts"], {
+    DATABASE_PATH: path,
+    APP_ENV: "development",
+    PORT: "0",
+  });
+  expect(start.code).not.toBe(0);
+  expect(start.stderr).toContain(
+    `refusing to start: AUDIT_SECRET_KEY is not set, and no development key file is beside the database (${path}.audit-key) while its audit log is keyed`,
+  );
+  expect(existsSync(`${path}.audit-key`)).toBe(false);
+  // With the key, both go on; a new file's first start makes its key as before.
+  expect(
+    (await cliInProcess(["users:list"], { DATABASE_PATH: path, AUDIT_SECRET_KEY: AUDIT_KEY })).code,
+  ).toBe(0);
+  const fresh = databaseFile();
+  const made = await cliInProcess(["users:list"], { DATABASE_PATH: fresh });
+  expect(made.code).toBe(1);
+  const first = await startService({ DATABASE_PATH: fresh, APP_ENV: "development" });
+  await first.stop();
+  expect(existsSync(`${fresh}.audit-key`)).toBe(true);
+  expect((await cliInProcess(["users:list"], { DATABASE_PATH: fresh })).code).toBe(0);
+}, 30_000);
 
 test("a start with another AUDIT_SECRET_KEY is refused, naming the variable", () => {
   const path = databaseFile();

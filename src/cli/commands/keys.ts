@@ -106,7 +106,7 @@ export const keysCreate: Command = {
       }
       if (refused.code === "SCOPES_EXCEED_ROLE") {
         throw new CliError(
-          `--owner is a ${refused.role}, whose keys may not hold ${refused.scopes.join(", ")}`,
+          `${typeof args.flags["owner-id"] === "string" ? "--owner-id" : "--owner"} is a ${refused.role}, whose keys may not hold ${refused.scopes.join(", ")}`,
           EXIT_USAGE,
         );
       }

@@ -29,10 +29,14 @@ const REFOLD_PART = 500;
  * moves an address from the account that holds it, nor decides between two accounts on what the
  * file says (92a F3, 92c F1: a forged or tampered holder set a genuine account aside, or lost its
  * key for good; 92f F1, 92g F1: deciding by which is the older, an account registered while the
- * file hid the other's key kept it, and a row copied back from a backup took it). The row keeps
- * its old key, which signs in to nothing (every lookup folds), and its id is returned: held by an
- * intact account (`collides`), for an operator to resolve, or by a row that fails its seal
- * (`heldByTampered`), which the next start after the file is put right folds. Seals are checked
+ * file hid the other's key kept it, and a row copied back from a backup took it; 93a F2: of two
+ * rows folded once to one address, the older by id took it). Nor does a key move while any
+ * account row fails its seal: that row may be the holder, its key moved away in the file (93a F1).
+ * The row keeps its old key, which signs in to nothing (every lookup folds), and its id is
+ * returned: held by an intact account or wanted by another row folded once (`collides`), for an
+ * operator to resolve, or waiting on a row that fails its seal (`heldByTampered`), which the next
+ * start after the file is put right folds. A holder deleted from the file is not seen (seals do
+ * not cover a deletion; the account is gone with it). Seals are checked
  * without reporting: such rows are read at every start, and each report is an audit row (92c F5);
  * they are reported when they are used. In parts of `REFOLD_PART` rows, each an immediate
  * transaction, so processes starting together share the work.
@@ -44,6 +48,12 @@ export function refoldEmailKeys(
   const collides: string[] = [];
   // Said at start (probe 92e F1: such an account could not sign in, and nothing said so).
   const heldByTampered: string[] = [];
+  // Whether any account row fails its seal: read once a start, and only when a key would move.
+  let tampered: boolean | null = null;
+  const holdsTamperedRows = <Row>(matches: (row: Row) => boolean) => {
+    tampered ??= someAccount<Row>(db, (row) => !matches(row));
+    return tampered;
+  };
   let after = "";
   for (;;) {
     const part = db.transaction(
@@ -73,6 +83,22 @@ export function refoldEmailKeys(
             (matches(holder) ? collides : heldByTampered).push(row.id);
             continue;
           }
+          // Another row folded once to the same address (`ẞSS@…` and `SSẞ@…`): which is meant
+          // the file cannot tell, and the older by id took it (probe 93a F2). Counted whether or
+          // not it matches its seal, as registration counts it: one written into the file and
+          // skipped let the other take the address, kept once the row was put right.
+          if (unfoldedKeysFoldingTo(db, folded).some((other) => other.id !== row.id)) {
+            collides.push(row.id);
+            continue;
+          }
+          // No row holds the address, but a row that does not match its seal may be the one that
+          // did: its key moved away in the file, the address went to this row for good, and the
+          // key written back was refused as a duplicate (probe 93a F1). Nothing moves while the
+          // file holds such a row; the next start after it is put right or removed folds this one.
+          if (holdsTamperedRows(matches)) {
+            heldByTampered.push(row.id);
+            continue;
+          }
           const emailKey = folded;
           db.update(users)
             .set({ emailKey, seal: seal.account({ ...row, emailKey }) })
@@ -86,6 +112,18 @@ export function refoldEmailKeys(
     if (typeof part !== "string") return { collides, heldByTampered };
     after = part;
   }
+}
+
+/**
+ * Whether some account row is one `test` holds for, read a row at a time (a value read from the
+ * file may be anything: `test` is given it as the sealed columns' type, as drizzle gives it).
+ */
+function someAccount<Row>(db: AppDatabase, test: (row: Row) => boolean): boolean {
+  const rows = db.$client.query<Row, []>(
+    "SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal FROM users",
+  );
+  for (const row of rows.iterate()) if (test(row)) return true;
+  return false;
 }
 
 /**

@@ -285,13 +285,13 @@ export class AuthService {
     if (refolded.collides.length > 0) {
       options.logger.error(
         accountsNamed(refolded.collides),
-        "accounts whose address folds again (capital ẞ) onto another account's: the account holding the address keeps it, and these cannot sign in by email until an operator resolves it (users:list marks both; name them with --id in users:role, users:erase)",
+        "accounts whose address folds again (capital ẞ) onto another account's: the account holding the address keeps it (of several folded once to one address, none takes it), and these cannot sign in by email until an operator resolves it (users:list marks them; name them with --id in users:role, users:erase)",
       );
     }
     if (refolded.heldByTampered.length > 0) {
       options.logger.error(
         accountsNamed(refolded.heldByTampered),
-        "accounts whose address folds again (capital ẞ) onto a key a row that does not match its seal holds (written into the database file) cannot sign in by email until that row is put right or removed; the next start folds them",
+        "accounts whose address folds again (capital ẞ) are left as they are while an account row does not match its seal (written into the database file: it may hold, or have held, their address); they cannot sign in by email until that row is put right or removed (db:verify names it); the next start folds them",
       );
     }
     this.reconcileEmailKeys();
