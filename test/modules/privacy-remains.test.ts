@@ -90,7 +90,9 @@ test("an erased user's conversations, messages and usage copied back are named b
 
   const purged = await cli(["users:purge-erased", "--yes"], env);
   expect(purged.code).toBe(0);
-  expect(purged.stdout).toContain("deleted what the database file held of 2 erased principals");
+  expect(purged.stdout).toContain(
+    "deleted what the database file held: rows of 2 erased principals",
+  );
   expect(counts(chatRowsOf(path, [erased.userId, record.id]))).toEqual({
     chat_conversations: 0,
     chat_messages: 0,
@@ -117,4 +119,49 @@ test("an erased user's conversations, messages and usage copied back are named b
   // The living user's conversation still reads.
   const list = await send(target, "/api/chat/conversations", { headers: asUser(living) });
   expect(((await list.json()) as { conversations: unknown[] }).conversations).toHaveLength(1);
+});
+
+test("an erased user's messages copied back without their conversations are named by db:verify and deleted by users:purge-erased (probe 93c F3)", async () => {
+  const target = fresh();
+  const path = target.databasePath;
+  const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: target.config.audit.secretKey };
+  const erased = await signUp(target);
+  const living = await signUp(target);
+  for (const credential of [asUser(erased), asUser(living)]) {
+    expect((await chat(target, credential, { message: "What can you do?" })).status).toBe(200);
+  }
+  const backup = chatRowsOf(path, [erased.userId]);
+  const kept = counts(chatRowsOf(path, [living.userId]));
+  const gone = await send(target, "/api/me", {
+    method: "DELETE",
+    headers: bearer(erased.accessToken),
+  });
+  expect(gone.status).toBe(204);
+  target.services.audit.flush();
+  // Only the messages: foreign keys are off in a plain sqlite3 shell.
+  copyBack(path, "chat_messages", backup.chat_messages!);
+  const orphans = () =>
+    rowsOf(path, "chat_messages", "conversation_id NOT IN (SELECT id FROM chat_conversations)");
+  expect(orphans()).toHaveLength(2);
+
+  const verified = await cli(["db:verify"], env);
+  expect(verified.code).toBe(1);
+  for (const message of backup.chat_messages!) {
+    expect(verified.stdout).toContain(
+      `foreign key: chat_messages row ${message.id} belongs to a chat_conversations row the file does not hold (written into the file): no one can read it; users:purge-erased deletes it`,
+    );
+  }
+  expect(verified.stderr).toContain("2 rows name rows not in the file");
+
+  const asked = await cli(["users:purge-erased"], env);
+  expect(asked.code).toBe(2);
+  expect(asked.stderr).toContain("the database file holds chat messages of no conversation");
+  const purged = await cli(["users:purge-erased", "--yes"], env);
+  expect(purged).toMatchObject({
+    code: 0,
+    stdout: "deleted what the database file held: chat messages of no conversation",
+  });
+  expect(orphans()).toHaveLength(0);
+  expect(counts(chatRowsOf(path, [living.userId]))).toEqual(kept);
+  expect((await cli(["db:verify"], env)).code).toBe(0);
 });

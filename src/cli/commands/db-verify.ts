@@ -113,6 +113,13 @@ function verifyFile(
   if (shape.lines.length === 0)
     context.out(`schema as this release's ${MIGRATION_TAG_BY_MILLIS.size} migrations made it`);
   else faults.push(shape.fault);
+  const orphans = foreignKeyProblems(sqlite);
+  for (const line of orphans.lines) context.out(line);
+  if (orphans.count > 0) {
+    faults.push(
+      `${orphans.count} ${orphans.count === 1 ? "row names a row" : "rows name rows"} not in the file`,
+    );
+  }
   const chain = verifyAuditChain(sqlite, new AuditKeys(auditSecret), { anchor });
   if (chain.ok) {
     context.out(
@@ -186,6 +193,33 @@ function shapeFaults(sqlite: Database): { lines: string[]; fault: string; sealsR
  * script tells "try again" from a fault (1) (probe 31e F5).
  */
 export const EXIT_NO_VERDICT = 75;
+
+/** Rows named one by one; past them, counted. */
+const ORPHANS_NAMED = 100;
+
+/**
+ * Rows whose foreign key names a row the file does not hold (`PRAGMA foreign_key_check`): written
+ * into the file with foreign keys off, as a backup's rows copied in without the rows they belong
+ * to (probe 93c F3: an erased user's chat messages, without their conversations, were called
+ * intact). Palisade's connections enforce foreign keys, so it writes none. A line each, and the count.
+ */
+export function foreignKeyProblems(sqlite: Database): { lines: string[]; count: number } {
+  const lines: string[] = [];
+  let count = 0;
+  const rows = sqlite.query<{ table: string; rowid: unknown; parent: string }, []>(
+    "PRAGMA foreign_key_check",
+  );
+  for (const { table, rowid, parent } of rows.iterate()) {
+    count++;
+    if (lines.length < ORPHANS_NAMED) {
+      lines.push(
+        `foreign key: ${table} row ${String(rowid)} belongs to a ${parent} row the file does not hold (written into the file)${table === "chat_messages" ? ": no one can read it; users:purge-erased deletes it" : ""}`,
+      );
+    }
+  }
+  if (count > lines.length) lines.push(`… and ${count - lines.length} more not named`);
+  return { lines, count };
+}
 
 /** `PRAGMA integrity_check`'s complaints; none for a sound file. */
 export function integrityProblems(sqlite: Database): string[] {

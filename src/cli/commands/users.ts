@@ -173,7 +173,7 @@ export const usersList: Command = {
         : "  refused (does not match its seal, or an erased account's copied back: db:verify says which)";
       // Its address finds another account: it is named by its id (probe 92a F1).
       const aside = setAside
-        ? "  set aside (its address collides with another account's: it cannot sign in by address; name it with --id)"
+        ? "  set aside (its address collides with another account's, or its key waits on a row that does not match its seal: the start's error line says which; it cannot sign in by address; name it with --id)"
         : "";
       context.out(
         `${shownId(id)}  ${email}  ${held}  created ${when(createdAt) ?? "unknown"}${refused}${aside}`,
@@ -240,22 +240,29 @@ export const usersPurgeErased: Command = {
   async run(args, context) {
     const { privacy } = context.services();
     const remains = privacy.erasedRemains();
-    const { principals } = remains;
-    if (principals.length === 0) {
+    const { principals, unowned } = remains;
+    if (principals.length === 0 && !unowned) {
       context.out("nothing of an erased account or key is in the database file");
       return 0;
     }
     const more = principals.length - PRINCIPALS_NAMED;
-    const named = `${principals.slice(0, PRINCIPALS_NAMED).join(", ")}${more > 0 ? ` and ${more} more` : ""}`;
+    const held = [
+      ...(principals.length > 0
+        ? [
+            `rows of ${principals.length} erased ${principals.length === 1 ? "principal" : "principals"} (${principals.slice(0, PRINCIPALS_NAMED).join(", ")}${more > 0 ? ` and ${more} more` : ""})`,
+          ]
+        : []),
+      ...(unowned ? ["chat messages of no conversation"] : []),
+    ].join(" and ");
     if (args.flags.yes !== true) {
       throw new CliError(
-        `the database file holds rows of ${principals.length} erased ${principals.length === 1 ? "principal" : "principals"} (${named}), copied back from before their erasure; add --yes to delete them`,
+        `the database file holds ${held}, copied back from before their erasure; add --yes to delete them`,
         EXIT_USAGE,
       );
     }
     await remains.purge();
     context.out(
-      `deleted what the database file held of ${principals.length} erased ${principals.length === 1 ? "principal" : "principals"} (${named}); each erasure recorded again`,
+      `deleted what the database file held: ${held}${principals.length > 0 ? "; each erasure recorded again" : ""}`,
     );
     return 0;
   },

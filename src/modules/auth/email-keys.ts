@@ -10,6 +10,7 @@ import { and, asc, eq, gt, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { sealMatches } from "../../db/row-seal";
 import { users } from "../../db/schema";
+import { spellOut } from "../../logging/spell-out";
 import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns } from "../../plugins/auth/sealed-columns";
 import { foldCase } from "./email";
@@ -44,16 +45,16 @@ const REFOLD_PART = 500;
 export function refoldEmailKeys(
   db: AppDatabase,
   seal: CredentialSeal,
-): { collides: string[]; heldByTampered: string[] } {
+): { collides: string[]; heldByTampered: string[]; blockedBy: string[] } {
   const collides: string[] = [];
   // Said at start (probe 92e F1: such an account could not sign in, and nothing said so).
   const heldByTampered: string[] = [];
-  // Whether any account row fails its seal: read once a start, and only when a key would move.
-  let tampered: boolean | null = null;
-  const holdsTamperedRows = <Row>(matches: (row: Row) => boolean) => {
-    tampered ??= someAccount<Row>(db, (row) => !matches(row));
-    return tampered;
-  };
+  // The rows that keep them waiting, named with them (probe 93c F2: only db:verify found them).
+  const blockedBy = new Set<string>();
+  // The first account row that fails its seal, or null: read once a start, only when a key would
+  // move, and outside the parts' write transactions (probe 93c F1: read inside one, 200,000
+  // accounts held the write lock 3 s at every start and command, and the service's writes failed).
+  let firstTampered: string | null | undefined;
   // How many rows folded once fold to each address: read once a start, through the partial index
   // (a read per row was a read of every such row per row: 100,000 of them held the start).
   let claimants: Map<string, number> | null = null;
@@ -64,7 +65,7 @@ export function refoldEmailKeys(
   let after = "";
   for (;;) {
     const part = db.transaction(
-      () => {
+      (): string | undefined | typeof SCAN_FIRST => {
         const rows = db
           .select(sealedAccountColumns)
           .from(users)
@@ -76,6 +77,7 @@ export function refoldEmailKeys(
           typeof row.id === "string" &&
           sealMatches(seal.account(row), row.seal) &&
           !seal.erased(`user:${row.id}`);
+        const moves: { id: string; emailKey: string; seal: string }[] = [];
         for (const row of rows) {
           if (typeof row.emailKey !== "string" || !matches(row)) continue;
           // The domain is ASCII (IDNA), which folding leaves as it is.
@@ -87,7 +89,11 @@ export function refoldEmailKeys(
             .where(eq(users.emailKey, folded))
             .get();
           if (holder !== undefined) {
-            (matches(holder) ? collides : heldByTampered).push(row.id);
+            if (matches(holder)) collides.push(row.id);
+            else {
+              heldByTampered.push(row.id);
+              blockedBy.add(spellOut(holder.id, NAMED_ID_LENGTH));
+            }
             continue;
           }
           // Another row folded once to the same address (`ẞSS@…` and `SSẞ@…`): which is meant
@@ -102,23 +108,61 @@ export function refoldEmailKeys(
           // did: its key moved away in the file, the address went to this row for good, and the
           // key written back was refused as a duplicate (probe 93a F1). Nothing moves while the
           // file holds such a row; the next start after it is put right or removed folds this one.
-          if (holdsTamperedRows(matches)) {
+          if (firstTampered === undefined) return SCAN_FIRST;
+          if (firstTampered !== null) {
             heldByTampered.push(row.id);
+            blockedBy.add(firstTampered);
             continue;
           }
-          const emailKey = folded;
-          db.update(users)
-            .set({ emailKey, seal: seal.account({ ...row, emailKey }) })
-            .where(eq(users.id, row.id))
-            .run();
+          moves.push({
+            id: row.id,
+            emailKey: folded,
+            seal: seal.account({ ...row, emailKey: folded }),
+          });
+        }
+        for (const { id, emailKey, seal: resealed } of moves) {
+          db.update(users).set({ emailKey, seal: resealed }).where(eq(users.id, id)).run();
         }
         return rows.at(-1)?.id;
       },
       { behavior: "immediate" },
     );
-    if (typeof part !== "string") return { collides, heldByTampered };
+    if (part === SCAN_FIRST) {
+      // The part is read again after the scan: what it found so far is found again.
+      collides.length = 0;
+      heldByTampered.length = 0;
+      blockedBy.clear();
+      after = "";
+      firstTampered = firstAccountFailingItsSeal(db, seal);
+      continue;
+    }
+    if (typeof part !== "string") return { collides, heldByTampered, blockedBy: [...blockedBy] };
     after = part;
   }
+}
+
+/** What a part answers when a key would move before the account rows have been scanned. */
+const SCAN_FIRST = Symbol("scan first");
+
+/** An id as an error line names it: a row written into the file may hold any length, or no text. */
+const NAMED_ID_LENGTH = 64;
+
+/**
+ * The id of the first account row that does not match its seal, or null: a read of every row, one
+ * keyed hash each, in no write transaction. The seal alone: a row whose key was moved in the file
+ * fails it; an erased account's row copied back whole holds its own key, which the holder check
+ * sees.
+ */
+function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal): string | null {
+  const rows = db.$client.query<Parameters<CredentialSeal["account"]>[0] & { seal: unknown }, []>(
+    "SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal FROM users",
+  );
+  for (const row of rows.iterate()) {
+    if (typeof row.id !== "string" || !sealMatches(seal.account(row), row.seal as string | null)) {
+      return spellOut(row.id, NAMED_ID_LENGTH);
+    }
+  }
+  return null;
 }
 
 /** For each address, how many stored keys folded once (holding `ß`) fold to it. */
@@ -133,18 +177,6 @@ function foldedOnceClaimants(db: AppDatabase): Map<string, number> {
     claimants.set(folded, (claimants.get(folded) ?? 0) + 1);
   }
   return claimants;
-}
-
-/**
- * Whether some account row is one `test` holds for, read a row at a time (a value read from the
- * file may be anything: `test` is given it as the sealed columns' type, as drizzle gives it).
- */
-function someAccount<Row>(db: AppDatabase, test: (row: Row) => boolean): boolean {
-  const rows = db.$client.query<Row, []>(
-    "SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal FROM users",
-  );
-  for (const row of rows.iterate()) if (test(row)) return true;
-  return false;
 }
 
 /**

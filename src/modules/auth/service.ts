@@ -290,8 +290,8 @@ export class AuthService {
     }
     if (refolded.heldByTampered.length > 0) {
       options.logger.error(
-        accountsNamed(refolded.heldByTampered),
-        "accounts whose address folds again (capital ẞ) are left as they are while an account row does not match its seal (written into the database file: it may hold, or have held, their address); they cannot sign in by email until that row is put right or removed (db:verify names it); the next start folds them",
+        { ...accountsNamed(refolded.heldByTampered), rows: refolded.blockedBy },
+        "accounts whose address folds again (capital ẞ) are left as they are while an account row does not match its seal (written into the database file: it may hold, or have held, their address; `rows` names it, db:verify names every such row); they cannot sign in by email until that row is put right (restore the file from a backup) or removed; the next start folds them",
       );
     }
     this.reconcileEmailKeys();

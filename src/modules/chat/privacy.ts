@@ -19,6 +19,9 @@ export function ownersOfUser(userId: string, actors: readonly string[]): ChatOwn
   return owners;
 }
 
+/** Messages looked at a part for ones of no conversation (a few milliseconds of write lock). */
+const UNOWNED_WINDOW = 5_000;
+
 /** Chat rows (messages, conversations) an erasure deletes in one transaction ahead of its own. */
 export const CHAT_ROWS_AHEAD_PART = 1_000;
 
@@ -87,9 +90,20 @@ export function chatContributor(service: ChatService): PrivacyContributor {
         2 * service.chatPartsOf(owners, CHAT_ROWS_AHEAD_PART) + owners.length + 2;
       let parts = 0;
       let next = 0;
+      // And messages put back without their conversation (probe 93c F3): whoever's they were.
+      const unowned = service.holdsUnownedMessages();
+      let unownedAfter: string | null = null;
+      let unownedDone = !unowned;
       return {
         principals: owners.map((owner) => `${owner.kind}:${owner.id}`),
+        unowned,
         step: () => {
+          if (!unownedDone) {
+            const part = service.deleteUnownedMessages(unownedAfter, UNOWNED_WINDOW);
+            unownedAfter = part.next;
+            unownedDone = part.next === null;
+            return false;
+          }
           if (parts++ >= partsAllowed) {
             throw new Error(
               `deleting the chat rows of erased principals took ${partsAllowed} parts and they are not all gone: rows keep coming back (a trigger written into the database file?)`,

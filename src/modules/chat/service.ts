@@ -1404,6 +1404,54 @@ export class ChatService implements ChatTurns {
    * Deletes every conversation, message, usage row and reservation of these owners (inside the
    * erasure). A turn in flight then settles against nothing: its usage row and reservation are gone.
    */
+  /**
+   * Whether the file holds messages whose conversation it does not hold: put back without it (a
+   * backup's rows copied in with foreign keys off; probe 93c F3). No one can read them.
+   */
+  holdsUnownedMessages(): boolean {
+    return (
+      this.options.sqlite
+        .query<{ found: number }, []>(
+          `SELECT EXISTS (SELECT 1 FROM chat_messages AS m WHERE NOT EXISTS
+             (SELECT 1 FROM chat_conversations AS c WHERE c.id = m.conversation_id)) AS found`,
+        )
+        .get()?.found === 1
+    );
+  }
+
+  /**
+   * Deletes the messages of no conversation among the `window` messages after the id `after`
+   * (null: from the first), in an immediate transaction: bounded work each, whatever the file
+   * holds. Ids are carried as SQL writes them (a forged one past 2^53 reads rounded as a number).
+   * The id to go on after, or null once past the last message; and how many went.
+   */
+  deleteUnownedMessages(
+    after: string | null,
+    window: number,
+  ): { next: string | null; rows: number } {
+    const { sqlite } = this.options;
+    const from = after ?? "-9223372036854775808";
+    return sqlite
+      .transaction(() => {
+        const last = sqlite
+          .query<{ last: string | null }, [string, number]>(
+            `SELECT CAST(max(id) AS TEXT) AS last FROM
+               (SELECT id FROM chat_messages WHERE id > CAST(?1 AS INTEGER) ORDER BY id LIMIT ?2)`,
+          )
+          .get(from, window)?.last;
+        if (last === null || last === undefined) return { next: null, rows: 0 };
+        const rows = sqlite
+          .query<unknown, [string, string]>(
+            `DELETE FROM chat_messages WHERE id > CAST(?1 AS INTEGER) AND id <= CAST(?2 AS INTEGER)
+               AND NOT EXISTS (SELECT 1 FROM chat_conversations AS c
+                               WHERE c.id = chat_messages.conversation_id)`,
+          )
+          .run(from, last).changes;
+        return { next: last, rows };
+      })
+      .immediate();
+  }
+
   /** `erase` in an immediate transaction of its own. */
   eraseInTransaction(owners: readonly ChatOwner[]): void {
     this.options.sqlite.transaction(() => this.erase(owners)).immediate();

@@ -85,11 +85,14 @@ export interface PrivacyContributor {
   /**
    * What it holds of principals the audit log records erased (`erased`): rows copied back into the
    * file from before their erasure, which no one can read and no erasure reaches, the account being
-   * gone (probe 93b F1). The principals found, and a step deleting a bounded part of their rows in
-   * a transaction of its own, saying whether it is done.
+   * gone (probe 93b F1); and rows of no owner at all, put back without the row they belong to
+   * (`unowned`: chat messages without their conversation, 93c F3). The principals found, and a
+   * step deleting a bounded part of those rows in a transaction of its own, saying whether it is
+   * done.
    */
   erasedRemains?(erased: (principal: string) => boolean): {
     principals: string[];
+    unowned: boolean;
     step: () => boolean;
   };
 }

@@ -174,7 +174,7 @@ export class PrivacyService {
    * principal's erasure again, `privacy.erased` under its erasure's pseudonym with
    * `{by: "operator", remains: "true"}` (`users:purge-erased`).
    */
-  erasedRemains(): { principals: string[]; purge(): Promise<void> } {
+  erasedRemains(): { principals: string[]; unowned: boolean; purge(): Promise<void> } {
     const { contributors, erased = () => false, audit } = this.options;
     const found = contributors.flatMap((contributor) => {
       const remains = contributor.erasedRemains?.(erased);
@@ -183,6 +183,7 @@ export class PrivacyService {
     const principals = [...new Set(found.flatMap((remains) => remains.principals))];
     return {
       principals,
+      unowned: found.some((remains) => remains.unowned),
       purge: async () => {
         for (const remains of found) {
           const failure = await this.inParts(remains.step, "hurry");

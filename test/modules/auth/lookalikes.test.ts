@@ -4,7 +4,9 @@
  * characters are refused without echoing them, and in the deployed profiles a duplicate
  * registration is answered byte for byte like a new one.
  */
+import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, spyOn, test } from "bun:test";
+import { refoldEmailKeys } from "../../../src/modules/auth/email-keys";
 import { buildTestApp, PRODUCTION_ENV, secondProcess, send, type TestApp } from "../../support/app";
 import { STRONG_PASSWORD } from "../../support/auth";
 import { cliInProcess } from "../../support/cli";
@@ -1109,6 +1111,11 @@ describe("rows stored before normalisation", () => {
       expect(
         namedAtStart(next, "accounts whose address folds again (capital ẞ) are left as they are"),
       ).toEqual([older]);
+      // And the row that keeps it waiting (probe 93c F2: only db:verify found it).
+      const said = next.logs.entries.find((entry) =>
+        String(entry.msg).startsWith("accounts whose address folds again (capital ẞ) are left"),
+      ) as { rows?: string[] } | undefined;
+      expect(said?.rows).toEqual([holder]);
     } finally {
       next.close();
     }
@@ -1128,6 +1135,54 @@ describe("rows stored before normalisation", () => {
       ).toEqual([older]);
     } finally {
       after.close();
+    }
+  });
+
+  test("the rows are read for one that fails its seal outside the parts' write transactions: another process writes meanwhile (probe 93c F1)", () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    insertSealed(
+      target,
+      "00000000-0000-7000-8000-00000000000a",
+      "STRA\u1e9eE@example.com",
+      "stra\u00dfe@example.com",
+    );
+    insertSealed(
+      target,
+      "00000000-0000-7000-8000-00000000000c",
+      "bystander@example.com",
+      "bystander@example.com",
+    );
+    sqlite.run(
+      `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
+       VALUES ('forged', 'forged@example.com', 'forged@example.com', 'x', 'user', 'x', 1, 1)`,
+    );
+    // Another connection, as another process, that waits for no lock: it writes while the scan
+    // reads the bystander's row, which only the scan reads.
+    const other = new Database(target.databasePath);
+    other.run("PRAGMA busy_timeout = 0");
+    const writes: string[] = [];
+    const { credentialSeal } = target.services;
+    const watching: typeof credentialSeal = {
+      ...credentialSeal,
+      account: (row) => {
+        if (row.id === "00000000-0000-7000-8000-00000000000c") {
+          other.run("UPDATE users SET updated_at = updated_at + 1 WHERE id = 'forged'");
+          writes.push("written");
+        }
+        return credentialSeal.account(row);
+      },
+    };
+    try {
+      const refolded = refoldEmailKeys(target.db, watching);
+      expect(writes).toEqual(["written"]);
+      expect(refolded).toEqual({
+        collides: [],
+        heldByTampered: ["00000000-0000-7000-8000-00000000000a"],
+        blockedBy: ["forged"],
+      });
+    } finally {
+      other.close();
     }
   });
 
