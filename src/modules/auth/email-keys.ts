@@ -153,7 +153,7 @@ const NAMED_ID_LENGTH = 64;
  * fails it; an erased account's row copied back whole holds its own key, which the holder check
  * sees.
  */
-function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal): string | null {
+export function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal): string | null {
   const rows = db.$client.query<Parameters<CredentialSeal["account"]>[0] & { seal: unknown }, []>(
     "SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal FROM users",
   );

@@ -72,7 +72,7 @@ import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey, foldCase, MAX_EMAIL_LENGTH } from "./email";
-import { refoldEmailKeys, unfoldedKeysFoldingTo } from "./email-keys";
+import { firstAccountFailingItsSeal, refoldEmailKeys, unfoldedKeysFoldingTo } from "./email-keys";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
 import {
@@ -396,9 +396,26 @@ export class AuthService {
    * one immediate transaction, so processes starting together do it once.
    */
   private reconcileEmailKeys(): void {
-    const { logger } = this.options;
+    const { logger, seal } = this.options;
     const db = this.db;
     const setAside: string[] = [];
+    const waiting: string[] = [];
+    // A value read from the file may be anything: a BLOB written there stopped every start with a
+    // TypeError that named no row (probe 79c F2). It is no valid address.
+    const verdictOf = (email: unknown) => (typeof email === "string" ? checkEmail(email) : null);
+    // As the refold (email-keys.ts): no key is given while an account row fails its seal, which
+    // may be the address's holder with its key moved away in the file (probe 93a F1). Read before
+    // the write transaction, and only when a row would be given a key.
+    const wouldKey = db
+      .select({ email: users.email })
+      .from(users)
+      .where(isNull(users.emailKey))
+      .all()
+      .some(({ email }) => {
+        const verdict = verdictOf(email);
+        return verdict?.ok === true && !this.statements.userByEmail.get({ value: verdict.key });
+      });
+    const blockedBy = wouldKey ? firstAccountFailingItsSeal(db, seal) : null;
     db.transaction(
       () => {
         const rows = db
@@ -407,11 +424,8 @@ export class AuthService {
           .where(isNull(users.emailKey))
           .orderBy(asc(users.createdAt), asc(users.id))
           .all();
-        const { seal } = this.options;
         for (const row of rows) {
-          // A value read from the file may be anything: a BLOB written there stopped every start
-          // with a TypeError that named no row (probe 79c F2). It is no valid address.
-          const verdict = typeof row.email === "string" ? checkEmail(row.email) : null;
+          const verdict = verdictOf(row.email);
           // Held by another row, even one written into the file: left aside (its key null), which
           // the next start undoes once the holder is gone; taking the key from a tampered holder
           // made that tamper's undoing fail for good (probe 92c F1).
@@ -421,6 +435,10 @@ export class AuthService {
             this.statements.userByEmail.get({ value: verdict.key })
           ) {
             setAside.push(row.id);
+            continue;
+          }
+          if (blockedBy !== null) {
+            waiting.push(row.id);
             continue;
           }
           const intact = seal.intact.account(row);
@@ -438,6 +456,12 @@ export class AuthService {
       logger.warn(
         accountsNamed(setAside),
         "accounts stored before email normalisation collide with another account or are not valid addresses; they cannot sign in by email until resolved: users:list marks them; name them with --id (users:role, users:erase)",
+      );
+    }
+    if (waiting.length > 0) {
+      logger.error(
+        { ...accountsNamed(waiting), rows: [blockedBy] },
+        "accounts stored before email normalisation are left unnormalised while an account row does not match its seal (written into the database file: it may hold, or have held, their address; `rows` names it, db:verify names every such row); they cannot sign in by email until that row is put right (restore the file from a backup) or removed; the next start normalises them",
       );
     }
   }

@@ -1060,7 +1060,7 @@ describe("rows stored before normalisation", () => {
   });
 
   /** A row as an earlier release stored it (its key folded once, for a ẞ), sealed as it stood. */
-  function insertSealed(target: TestApp, id: string, email: string, key: string): void {
+  function insertSealed(target: TestApp, id: string, email: string, key: string | null): void {
     target.db.$client.run(
       `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
        VALUES (?1, ?2, ?3, 'x', 'user', ?4, 1, 1)`,
@@ -1183,6 +1183,42 @@ describe("rows stored before normalisation", () => {
       });
     } finally {
       other.close();
+    }
+  });
+
+  test("a row stored before normalisation is not given its address while an account row does not match its seal: that row may be the holder, its key moved away (as probe 93a F1)", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const typedThen = "00000000-0000-7000-8000-00000000000a";
+    insertSealed(target, typedThen, "Emile@EXAMPLE.com", null);
+    const holder = "00000000-0000-7000-8000-00000000000b";
+    insertSealed(target, holder, "emile@example.com", "emile@example.com");
+    // The holder's key moved away in the file: no row holds the address.
+    sqlite.run("UPDATE users SET email_key = 'emile@example.com.x' WHERE id = ?", [holder]);
+    const next = startAgain(target);
+    try {
+      expect(sqlite.query("SELECT email_key AS k FROM users WHERE id = ?").get(typedThen)).toEqual({
+        k: null,
+      });
+      const said = next.logs.entries.find((entry) =>
+        String(entry.msg).startsWith(
+          "accounts stored before email normalisation are left unnormalised",
+        ),
+      ) as { level: string; users: string[]; rows: string[] } | undefined;
+      expect(said).toMatchObject({ level: "error", users: [typedThen], rows: [holder] });
+    } finally {
+      next.close();
+    }
+    // Put back: the holder keeps its address, the other is set aside as before.
+    sqlite.run("UPDATE users SET email_key = 'emile@example.com' WHERE id = ?", [holder]);
+    const after = startAgain(target);
+    try {
+      expect(after.services.auth.findUserByEmail("EMILE@example.com")?.id).toBe(holder);
+      expect(sqlite.query("SELECT email_key AS k FROM users WHERE id = ?").get(typedThen)).toEqual({
+        k: null,
+      });
+    } finally {
+      after.close();
     }
   });
 
