@@ -19,7 +19,10 @@ export interface RequestState {
   request: Request;
   /** The request path, without the query string, as Elysia parsed it. */
   path: string;
+  /** The id the request is recorded under: logs, audit, Sentry. */
   requestId: string;
+  /** The id its answer carries (`X-Request-Id`, problem documents): see the request-id stage. */
+  answeredRequestId: string;
   /** What the route-class table says about this request's route (policy, body limit, probe…). */
   routeClass: ResolvedRouteClass;
   startedAt: number;
@@ -49,6 +52,7 @@ export type RequestStateFields = Omit<RequestState, "request" | "path">;
 export function requestStateTypes() {
   const placeholders = {
     requestId: "",
+    answeredRequestId: "",
     routeClass: undefined,
     startedAt: 0,
     client: undefined,

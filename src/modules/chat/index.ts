@@ -162,6 +162,8 @@ const sseEvent = (data: unknown, event?: string) =>
 interface StreamContext {
   request: Request;
   requestId: string;
+  /** The id the answer carries (request-id plugin): in an error event's problem document. */
+  answeredRequestId: string;
   /** `POST /api/chat`: the route pattern. */
   route: string;
   principal: Principal;
@@ -201,7 +203,7 @@ async function eventStream(
   turn: PreparedTurn,
   context: StreamContext,
 ): Promise<Response> {
-  const { request, requestId } = context;
+  const { request, requestId, answeredRequestId } = context;
   const ended = streamedResponse(request);
   const upstream = new AbortController();
   const abort = () => upstream.abort(new DOMException("The client went away", "AbortError"));
@@ -242,7 +244,7 @@ async function eventStream(
         try {
           const { code, detail, status } = restarting();
           controller.enqueue(
-            sseEvent(toProblem(code, detail, requestId, undefined, status), "error"),
+            sseEvent(toProblem(code, detail, answeredRequestId, undefined, status), "error"),
           );
           controller.close();
         } finally {
@@ -289,7 +291,7 @@ async function eventStream(
         });
         try {
           controller.enqueue(
-            sseEvent(toProblem(code, detail, requestId, undefined, status), "error"),
+            sseEvent(toProblem(code, detail, answeredRequestId, undefined, status), "error"),
           );
           controller.close();
         } finally {
@@ -329,7 +331,7 @@ export function chatModule(options: ChatModuleOptions) {
     .use(options.auth)
     .post(
       "/api/chat",
-      async ({ body, principal, request, client, requestId, route }) => {
+      async ({ body, principal, request, client, requestId, answeredRequestId, route }) => {
         const checked = checkChatMessage(body.message);
         if (!checked.ok) {
           service.refusedInvalid();
@@ -373,6 +375,7 @@ export function chatModule(options: ChatModuleOptions) {
           return (await eventStream(service, prepared.turn, {
             request,
             requestId,
+            answeredRequestId,
             route: `${request.method} ${route}`,
             principal,
             errors: options.errors,

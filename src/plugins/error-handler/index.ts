@@ -174,12 +174,14 @@ export function errorHandler({
         path,
         route,
         requestId: givenId,
+        answeredRequestId,
         principal,
         sentBodyRefusal,
       } = context as typeof context &
         SentBodyState & {
           path?: string;
           requestId?: string;
+          answeredRequestId?: string;
           principal?: Principal;
         };
       if (error instanceof EarlyAnswer) {
@@ -310,7 +312,13 @@ export function errorHandler({
       return answer(
         set,
         JSON.stringify(
-          toProblem(outcome.code, outcome.detail, requestId, outcome.fieldErrors, status),
+          toProblem(
+            outcome.code,
+            outcome.detail,
+            answeredRequestId || requestId,
+            outcome.fieldErrors,
+            status,
+          ),
         ),
         status,
       );

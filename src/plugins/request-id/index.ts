@@ -2,10 +2,13 @@
  * @module
  * Gives every request an id, echoed in `X-Request-Id`, logged and put in every problem document.
  * A caller's id is kept only when it is a short token of safe characters (at most 64 of
- * `A-Z a-z 0-9 . _ : -`) that does not look like a credential — no configured secret value, API
- * key (`pal_…`), JWT or bearer credential, as the shared scrubber (logging/scrub) sees them — so
- * it can be logged and echoed without escaping and never carries a secret into the logs under a
- * field the scrubbers leave alone. Anything else is replaced, never trusted.
+ * `A-Z a-z 0-9 . _ : -`) that does not look like a credential — no API key (`pal_…`), JWT or
+ * bearer credential, as the shared scrubber (logging/scrub) sees them — so it can be logged and
+ * echoed without escaping. Anything else is replaced, never trusted. One holding a configured
+ * secret value is answered as it came (`answeredRequestId`: the header and problem documents) but
+ * recorded under an id made here (`requestId`: logs, audit, Sentry), so that it never carries a
+ * secret into the logs under a field the scrubbers leave alone, and the answer does not say whether
+ * a string is a secret (probe 93f F1).
  *
  * Nor is an id that holds one shaped as Palisade makes them (a UUIDv7) kept: a client that copied another
  * request's id (one it was answered, or saw) would file its own request under it, and an operator
@@ -62,19 +65,22 @@ export interface RequestIdOptions {
 export function requestId(options: RequestIdOptions = {}) {
   const scrub = createTextScrubber(options.secretValues ?? [], MARK);
   const acceptable = (value: string | null): value is string =>
-    acceptableRequestId(value) &&
-    scrub(value) === value &&
-    !MADE_HERE.test(value) &&
-    !spellsAnIdMadeHere(value, Date.now());
+    acceptableRequestId(value) && !MADE_HERE.test(value) && !spellsAnIdMadeHere(value, Date.now());
   return new Elysia({ name: "palisade.request-id" })
     .decorate("requestId", "")
+    .decorate("answeredRequestId", "")
     .decorate("startedAt", 0)
     .onRequest(function assignRequestId(context) {
       const incoming = context.request.headers.get("x-request-id");
-      const id = acceptable(incoming) ? incoming : Bun.randomUUIDv7();
+      const kept = acceptable(incoming) ? incoming : null;
+      // One holding a configured secret is recorded under an id made here (logs, audit, Sentry),
+      // but answered as it came, as any kept id is: replaced in the answer, it told anyone asking
+      // whether a string was one of the service's secrets (probe 93f F1). Its sender has it.
+      const id = kept !== null && scrub(kept) === kept ? kept : Bun.randomUUIDv7();
       context.requestId = id;
+      context.answeredRequestId = kept ?? id;
       context.startedAt = performance.now();
-      context.set.headers["x-request-id"] = id;
+      context.set.headers["x-request-id"] = kept ?? id;
     })
     .as("global");
 }
