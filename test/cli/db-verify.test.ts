@@ -520,6 +520,22 @@ describe("db:verify reads and never writes (probe 31a F1)", () => {
     expect(result.stderr).toBe("palisade db:verify: its schema is not as the migrations made it");
   });
 
+  test("a table rebuilt so that a foreign key names no key: said, and the rest of the verdict given (probe 93e F6)", async () => {
+    const target = await populated();
+    tamper(
+      target,
+      `PRAGMA foreign_keys = OFF;
+       CREATE TABLE rebuilt AS SELECT * FROM chat_conversations;
+       DROP TABLE chat_conversations;
+       ALTER TABLE rebuilt RENAME TO chat_conversations;`,
+    );
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    expect(result.stdout).toContain("foreign keys: not checked: ");
+    expect(result.stdout).toMatch(/^audit chain intact: /m);
+    expect(result.stderr).toBe("palisade db:verify: its schema is not as the migrations made it");
+  });
+
   test("in development, a file without its audit key beside it is refused; no key is made", async () => {
     const target = await populated();
     const dir = tempDir("palisade-verify-");

@@ -4,6 +4,7 @@
  * their text stayed until retention, `db:verify` called them intact, and no command reached them
  * (the account being gone). The audit log's record of the erasure names them.
  */
+import { Database } from "bun:sqlite";
 import { expect, test } from "bun:test";
 import { buildTestApp, send, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
@@ -140,18 +141,36 @@ test("an erased user's messages copied back without their conversations are name
   target.services.audit.flush();
   // Only the messages: foreign keys are off in a plain sqlite3 shell.
   copyBack(path, "chat_messages", backup.chat_messages!);
+  // And two more at the ends of what an id can be (probe 93e F4, F5).
+  const file = new Database(path);
+  try {
+    for (const id of ["-9223372036854775808", "9007199254740993"]) {
+      file.run(
+        `CREATE TEMP TABLE copied AS SELECT * FROM chat_messages WHERE id = ${String(backup.chat_messages![0]!.id)}`,
+      );
+      file.run(`UPDATE copied SET id = ${id}`);
+      file.run("INSERT INTO chat_messages SELECT * FROM copied");
+      file.run("DROP TABLE copied");
+    }
+  } finally {
+    file.close();
+  }
   const orphans = () =>
     rowsOf(path, "chat_messages", "conversation_id NOT IN (SELECT id FROM chat_conversations)");
-  expect(orphans()).toHaveLength(2);
+  expect(orphans()).toHaveLength(4);
 
   const verified = await cli(["db:verify"], env);
   expect(verified.code).toBe(1);
-  for (const message of backup.chat_messages!) {
+  for (const id of [
+    ...backup.chat_messages!.map((message) => String(message.id)),
+    "-9223372036854775808",
+    "9007199254740993",
+  ]) {
     expect(verified.stdout).toContain(
-      `foreign key: chat_messages row ${message.id} belongs to a chat_conversations row the file does not hold (written into the file): no one can read it; users:purge-erased deletes it`,
+      `foreign key: chat_messages row ${id} belongs to a chat_conversations row the file does not hold (written into the file): no one can read it; users:purge-erased deletes it`,
     );
   }
-  expect(verified.stderr).toContain("2 rows name rows not in the file");
+  expect(verified.stderr).toContain("4 rows name rows not in the file");
 
   const asked = await cli(["users:purge-erased"], env);
   expect(asked.code).toBe(2);

@@ -206,16 +206,23 @@ const ORPHANS_NAMED = 100;
 export function foreignKeyProblems(sqlite: Database): { lines: string[]; count: number } {
   const lines: string[] = [];
   let count = 0;
-  const rows = sqlite.query<{ table: string; rowid: unknown; parent: string }, []>(
-    "PRAGMA foreign_key_check",
-  );
-  for (const { table, rowid, parent } of rows.iterate()) {
-    count++;
-    if (lines.length < ORPHANS_NAMED) {
-      lines.push(
-        `foreign key: ${table} row ${String(rowid)} belongs to a ${parent} row the file does not hold (written into the file)${table === "chat_messages" ? ": no one can read it; users:purge-erased deletes it" : ""}`,
-      );
+  // Row ids as SQL writes them: one past 2^53 read as a number named another row (probe 93e F5).
+  try {
+    const rows = sqlite.query<{ table: string; rowid: string | null; parent: string }, []>(
+      `SELECT "table", CAST(rowid AS TEXT) AS rowid, parent FROM pragma_foreign_key_check`,
+    );
+    for (const { table, rowid, parent } of rows.iterate()) {
+      count++;
+      if (lines.length < ORPHANS_NAMED) {
+        lines.push(
+          `foreign key: ${table} row ${rowid ?? "NULL"} belongs to a ${parent} row the file does not hold (written into the file)${table === "chat_messages" ? ": no one can read it; users:purge-erased deletes it" : ""}`,
+        );
+      }
     }
+  } catch (error) {
+    // A table changed in the file so that a key names no key (the schema lines say which): the
+    // rest of the verdict is still given (probe 93e F6: the check stopped db:verify there).
+    return { lines: [`foreign keys: not checked: ${firstLine(error)}`], count: 0 };
   }
   if (count > lines.length) lines.push(`… and ${count - lines.length} more not named`);
   return { lines, count };

@@ -51,21 +51,18 @@ export function refoldEmailKeys(
   const heldByTampered: string[] = [];
   // The rows that keep them waiting, named with them (probe 93c F2: only db:verify found them).
   const blockedBy = new Set<string>();
-  // The first account row that fails its seal, or null: read once a start, only when a key would
-  // move, and outside the parts' write transactions (probe 93c F1: read inside one, 200,000
-  // accounts held the write lock 3 s at every start and command, and the service's writes failed).
-  let firstTampered: string | null | undefined;
-  // How many rows folded once fold to each address: read once a start, through the partial index
-  // (a read per row was a read of every such row per row: 100,000 of them held the start).
-  let claimants: Map<string, number> | null = null;
-  const claimantsOf = (folded: string) => {
-    claimants ??= foldedOnceClaimants(db);
-    return claimants.get(folded) ?? 0;
-  };
+  // What the file holds before any part: read in no write transaction (probe 93c F1: the scan
+  // of every account inside one held the write lock 3 s at every start and command with 200,000
+  // accounts, and the running service's writes failed; 93e F2: the count of rows folded once,
+  // 330 ms with 100,000 of them). A part then moves a key only where that look says so, and a
+  // holder gone since the look (its key moved or the row deleted in the file while the refold
+  // ran) keeps its address (93e F1: the look alone was raced, and the address moved).
+  const look = lookBeforeFolding(db, seal);
+  if (look === null) return { collides, heldByTampered, blockedBy: [] };
   let after = "";
   for (;;) {
     const part = db.transaction(
-      (): string | undefined | typeof SCAN_FIRST => {
+      (): string | undefined => {
         const rows = db
           .select(sealedAccountColumns)
           .from(users)
@@ -77,7 +74,6 @@ export function refoldEmailKeys(
           typeof row.id === "string" &&
           sealMatches(seal.account(row), row.seal) &&
           !seal.erased(`user:${row.id}`);
-        const moves: { id: string; emailKey: string; seal: string }[] = [];
         for (const row of rows) {
           if (typeof row.emailKey !== "string" || !matches(row)) continue;
           // The domain is ASCII (IDNA), which folding leaves as it is.
@@ -96,53 +92,88 @@ export function refoldEmailKeys(
             }
             continue;
           }
+          // Held when the refold looked, and by no row now: the holder's key moved away in the
+          // file (or its row was deleted) while the refold ran (probe 93e F1).
+          const heldThen = look.holders.get(folded);
+          if (heldThen !== undefined) {
+            heldByTampered.push(row.id);
+            blockedBy.add(heldThen);
+            continue;
+          }
           // Another row folded once to the same address (`ẞSS@…` and `SSẞ@…`): which is meant
           // the file cannot tell, and the older by id took it (probe 93a F2). Counted whether or
           // not it matches its seal, as registration counts it: one written into the file and
-          // skipped let the other take the address, kept once the row was put right.
-          if (claimantsOf(folded) > 1) {
-            collides.push(row.id);
+          // skipped let the other take the address, kept once the row was put right. A row the
+          // look did not see (none is written folded once now) is not moved either.
+          const claimants = look.claimants.get(folded) ?? 0;
+          if (claimants !== 1) {
+            (claimants > 1 ? collides : heldByTampered).push(row.id);
             continue;
           }
           // No row holds the address, but a row that does not match its seal may be the one that
           // did: its key moved away in the file, the address went to this row for good, and the
           // key written back was refused as a duplicate (probe 93a F1). Nothing moves while the
           // file holds such a row; the next start after it is put right or removed folds this one.
-          if (firstTampered === undefined) return SCAN_FIRST;
-          if (firstTampered !== null) {
+          if (look.firstTampered !== null) {
             heldByTampered.push(row.id);
-            blockedBy.add(firstTampered);
+            blockedBy.add(look.firstTampered);
             continue;
           }
-          moves.push({
-            id: row.id,
-            emailKey: folded,
-            seal: seal.account({ ...row, emailKey: folded }),
-          });
-        }
-        for (const { id, emailKey, seal: resealed } of moves) {
-          db.update(users).set({ emailKey, seal: resealed }).where(eq(users.id, id)).run();
+          const emailKey = folded;
+          db.update(users)
+            .set({ emailKey, seal: seal.account({ ...row, emailKey }) })
+            .where(eq(users.id, row.id))
+            .run();
         }
         return rows.at(-1)?.id;
       },
       { behavior: "immediate" },
     );
-    if (part === SCAN_FIRST) {
-      // The part is read again after the scan: what it found so far is found again.
-      collides.length = 0;
-      heldByTampered.length = 0;
-      blockedBy.clear();
-      after = "";
-      firstTampered = firstAccountFailingItsSeal(db, seal);
-      continue;
-    }
     if (typeof part !== "string") return { collides, heldByTampered, blockedBy: [...blockedBy] };
     after = part;
   }
 }
 
-/** What a part answers when a key would move before the account rows have been scanned. */
-const SCAN_FIRST = Symbol("scan first");
+/**
+ * What the refold reads before it writes, in no write transaction: for each address a stored key
+ * folded once (holding `ß`) folds to, how many such keys fold to it (`claimants`) and the row
+ * holding it then (`holders`, its id as named); and, when some address is held by no row, the
+ * first account row that does not match its seal (`firstTampered`, one keyed hash a row). Null
+ * when no key is folded once (every start after the upgrade: one read of the partial index).
+ */
+function lookBeforeFolding(
+  db: AppDatabase,
+  seal: CredentialSeal,
+): {
+  claimants: Map<string, number>;
+  holders: Map<string, string>;
+  firstTampered: string | null;
+} | null {
+  const claimants = new Map<string, number>();
+  const keys = db.$client.query<{ key: unknown }, []>(
+    "SELECT email_key AS key FROM users INDEXED BY users_key_folds_again WHERE instr(email_key, 'ß') > 0",
+  );
+  for (const { key } of keys.iterate()) {
+    if (typeof key !== "string") continue;
+    const folded = foldCase(key);
+    claimants.set(folded, (claimants.get(folded) ?? 0) + 1);
+  }
+  if (claimants.size === 0) return null;
+  const holders = new Map<string, string>();
+  const holderOf = db.$client.query<{ id: unknown }, [string]>(
+    "SELECT id FROM users WHERE email_key = ?1",
+  );
+  for (const folded of claimants.keys()) {
+    const holder = holderOf.get(folded);
+    if (holder !== null) holders.set(folded, spellOut(holder.id, NAMED_ID_LENGTH));
+  }
+  const anyFree = [...claimants.keys()].some((folded) => !holders.has(folded));
+  return {
+    claimants,
+    holders,
+    firstTampered: anyFree ? firstAccountFailingItsSeal(db, seal) : null,
+  };
+}
 
 /** An id as an error line names it: a row written into the file may hold any length, or no text. */
 const NAMED_ID_LENGTH = 64;
@@ -163,20 +194,6 @@ export function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal
     }
   }
   return null;
-}
-
-/** For each address, how many stored keys folded once (holding `ß`) fold to it. */
-function foldedOnceClaimants(db: AppDatabase): Map<string, number> {
-  const claimants = new Map<string, number>();
-  const keys = db.$client.query<{ key: unknown }, []>(
-    "SELECT email_key AS key FROM users INDEXED BY users_key_folds_again WHERE instr(email_key, 'ß') > 0",
-  );
-  for (const { key } of keys.iterate()) {
-    if (typeof key !== "string") continue;
-    const folded = foldCase(key);
-    claimants.set(folded, (claimants.get(folded) ?? 0) + 1);
-  }
-  return claimants;
 }
 
 /**

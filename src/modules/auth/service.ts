@@ -400,21 +400,27 @@ export class AuthService {
     const db = this.db;
     const setAside: string[] = [];
     const waiting: string[] = [];
+    const waitingOn = new Set<string>();
     // A value read from the file may be anything: a BLOB written there stopped every start with a
     // TypeError that named no row (probe 79c F2). It is no valid address.
     const verdictOf = (email: unknown) => (typeof email === "string" ? checkEmail(email) : null);
     // As the refold (email-keys.ts): no key is given while an account row fails its seal, which
-    // may be the address's holder with its key moved away in the file (probe 93a F1). Read before
-    // the write transaction, and only when a row would be given a key.
-    const wouldKey = db
+    // may be the address's holder with its key moved away in the file (probe 93a F1), nor one
+    // held when this looked and by no row now (moved away meanwhile: 93e F1). Read before the
+    // write transaction, and the scan only when a row would be given a key.
+    const heldThen = new Map<string, string>();
+    let wouldKey = false;
+    for (const { email } of db
       .select({ email: users.email })
       .from(users)
       .where(isNull(users.emailKey))
-      .all()
-      .some(({ email }) => {
-        const verdict = verdictOf(email);
-        return verdict?.ok === true && !this.statements.userByEmail.get({ value: verdict.key });
-      });
+      .all()) {
+      const verdict = verdictOf(email);
+      if (verdict?.ok !== true) continue;
+      const holder = this.statements.userByEmail.get({ value: verdict.key });
+      if (holder) heldThen.set(verdict.key, storedText(String(holder.id), 64));
+      else wouldKey = true;
+    }
     const blockedBy = wouldKey ? firstAccountFailingItsSeal(db, seal) : null;
     db.transaction(
       () => {
@@ -437,8 +443,10 @@ export class AuthService {
             setAside.push(row.id);
             continue;
           }
-          if (blockedBy !== null) {
+          const left = heldThen.get(verdict.key) ?? blockedBy;
+          if (left !== null) {
             waiting.push(row.id);
+            waitingOn.add(left);
             continue;
           }
           const intact = seal.intact.account(row);
@@ -460,7 +468,7 @@ export class AuthService {
     }
     if (waiting.length > 0) {
       logger.error(
-        { ...accountsNamed(waiting), rows: [blockedBy] },
+        { ...accountsNamed(waiting), rows: [...waitingOn] },
         "accounts stored before email normalisation are left unnormalised while an account row does not match its seal (written into the database file: it may hold, or have held, their address; `rows` names it, db:verify names every such row); they cannot sign in by email until that row is put right (restore the file from a backup) or removed; the next start normalises them",
       );
     }

@@ -1430,19 +1430,22 @@ export class ChatService implements ChatTurns {
     window: number,
   ): { next: string | null; rows: number } {
     const { sqlite } = this.options;
+    // From the first id SQLite allows, that one included (probe 93e F4: `>` it never left).
     const from = after ?? "-9223372036854775808";
+    const past = after === null ? ">=" : ">";
     return sqlite
       .transaction(() => {
         const last = sqlite
           .query<{ last: string | null }, [string, number]>(
             `SELECT CAST(max(id) AS TEXT) AS last FROM
-               (SELECT id FROM chat_messages WHERE id > CAST(?1 AS INTEGER) ORDER BY id LIMIT ?2)`,
+               (SELECT id FROM chat_messages WHERE id ${past} CAST(?1 AS INTEGER) ORDER BY id LIMIT ?2)`,
           )
           .get(from, window)?.last;
         if (last === null || last === undefined) return { next: null, rows: 0 };
         const rows = sqlite
           .query<unknown, [string, string]>(
-            `DELETE FROM chat_messages WHERE id > CAST(?1 AS INTEGER) AND id <= CAST(?2 AS INTEGER)
+            `DELETE FROM chat_messages WHERE id ${past} CAST(?1 AS INTEGER)
+               AND id <= CAST(?2 AS INTEGER)
                AND NOT EXISTS (SELECT 1 FROM chat_conversations AS c
                                WHERE c.id = chat_messages.conversation_id)`,
           )

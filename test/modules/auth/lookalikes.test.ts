@@ -1222,6 +1222,46 @@ describe("rows stored before normalisation", () => {
     }
   });
 
+  test("a holder whose key moves while the refold runs keeps its address: what the refold looked at first is held to (probe 93e F1)", () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const left = "00000000-0000-7000-8000-00000000000a";
+    const holder = "00000000-0000-7000-8000-00000000000b";
+    const free = "00000000-0000-7000-8000-00000000000c";
+    const bystander = "00000000-0000-7000-8000-00000000000d";
+    insertSealed(target, left, "STRA\u1e9eE@example.com", "stra\u00dfe@example.com");
+    insertSealed(target, holder, "strasse@example.com", "strasse@example.com");
+    // One whose address no row holds: the refold reads every account for one failing its seal.
+    insertSealed(target, free, "GRO\u1e9eE@example.com", "gro\u00dfe@example.com");
+    insertSealed(target, bystander, "bystander@example.com", "bystander@example.com");
+    // Another process moves the holder's key away while that read is under way.
+    const other = new Database(target.databasePath);
+    other.run("PRAGMA busy_timeout = 0");
+    const { credentialSeal } = target.services;
+    const moving: typeof credentialSeal = {
+      ...credentialSeal,
+      account: (row) => {
+        if (row.id === bystander) {
+          other.run("UPDATE users SET email_key = 'strasse@example.com.x' WHERE id = ?", [holder]);
+        }
+        return credentialSeal.account(row);
+      },
+    };
+    try {
+      const refolded = refoldEmailKeys(target.db, moving);
+      expect(refolded).toEqual({ collides: [], heldByTampered: [left], blockedBy: [holder] });
+    } finally {
+      other.close();
+    }
+    const keyOf = (id: string) =>
+      (sqlite.query("SELECT email_key AS k FROM users WHERE id = ?").get(id) as { k: string }).k;
+    expect(keyOf(left)).toBe("stra\u00dfe@example.com");
+    expect(keyOf(free)).toBe("grosse@example.com");
+    // Put back, the holder has its address.
+    sqlite.run("UPDATE users SET email_key = 'strasse@example.com' WHERE id = ?", [holder]);
+    expect(target.services.auth.findUserByEmail("STRASSE@example.com")?.id).toBe(holder);
+  });
+
   test("two rows folded once to one address: neither takes it, whichever is older or fails its seal, and the address stays theirs against registration (probe 93a F2)", async () => {
     const target = app();
     const sqlite = target.db.$client;
