@@ -40,27 +40,37 @@ function counts(rows: Record<string, Row[]>): Record<string, number> {
   return Object.fromEntries(Object.entries(rows).map(([table, held]) => [table, held.length]));
 }
 
-test("an erased user's conversations, messages and usage copied back are named by db:verify and deleted by users:purge-erased, a living user's kept (probe 93b F1)", async () => {
-  const target = fresh();
-  const path = target.databasePath;
-  const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: target.config.audit.secretKey };
+/**
+ * A user who chatted (and through `keyed` an API key of theirs) beside a living one, erased:
+ * the erased owners' chat rows as they were before, and the living user's counts.
+ */
+async function chattedThenErased(target: TestApp, keyed: boolean) {
   const erased = await signUp(target);
   const living = await signUp(target);
-  const { key, record } = createKey(target, ["chat"], erased.userId);
-  for (const credential of [asUser(erased), asKey(key), asUser(living)]) {
+  const record = keyed ? createKey(target, ["chat"], erased.userId) : null;
+  const credentials = [asUser(erased), ...(record ? [asKey(record.key)] : []), asUser(living)];
+  for (const credential of credentials) {
     expect((await chat(target, credential, { message: "What can you do?" })).status).toBe(200);
   }
-  const backup = chatRowsOf(path, [erased.userId, record.id]);
-  expect(counts(backup)).toEqual({ chat_conversations: 2, chat_messages: 4, chat_usage: 2 });
-  const kept = counts(chatRowsOf(path, [living.userId]));
-
+  const owners = [erased.userId, ...(record ? [record.record.id] : [])];
+  const backup = chatRowsOf(target.databasePath, owners);
+  const kept = counts(chatRowsOf(target.databasePath, [living.userId]));
   const gone = await send(target, "/api/me", {
     method: "DELETE",
     headers: bearer(erased.accessToken),
   });
   expect(gone.status).toBe(204);
   target.services.audit.flush();
-  expect(counts(chatRowsOf(path, [erased.userId, record.id]))).toEqual({
+  return { erased, living, keyId: record?.record.id ?? null, owners, backup, kept };
+}
+
+test("an erased user's conversations, messages and usage copied back are named by db:verify and deleted by users:purge-erased, a living user's kept (probe 93b F1)", async () => {
+  const target = fresh();
+  const path = target.databasePath;
+  const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: target.config.audit.secretKey };
+  const { erased, living, keyId, owners, backup, kept } = await chattedThenErased(target, true);
+  expect(counts(backup)).toEqual({ chat_conversations: 2, chat_messages: 4, chat_usage: 2 });
+  expect(counts(chatRowsOf(path, owners))).toEqual({
     chat_conversations: 0,
     chat_messages: 0,
     chat_usage: 0,
@@ -86,15 +96,15 @@ test("an erased user's conversations, messages and usage copied back are named b
   const asked = await cli(["users:purge-erased"], env);
   expect(asked.code).toBe(2);
   expect(asked.stderr).toContain(`user:${erased.userId}`);
-  expect(asked.stderr).toContain(`key:${record.id}`);
-  expect(counts(chatRowsOf(path, [erased.userId, record.id]))).toEqual(counts(backup));
+  expect(asked.stderr).toContain(`key:${keyId}`);
+  expect(counts(chatRowsOf(path, owners))).toEqual(counts(backup));
 
   const purged = await cli(["users:purge-erased", "--yes"], env);
   expect(purged.code).toBe(0);
   expect(purged.stdout).toContain(
     "deleted what the database file held: rows of 2 erased principals",
   );
-  expect(counts(chatRowsOf(path, [erased.userId, record.id]))).toEqual({
+  expect(counts(chatRowsOf(path, owners))).toEqual({
     chat_conversations: 0,
     chat_messages: 0,
     chat_usage: 0,
@@ -126,19 +136,7 @@ test("an erased user's messages copied back without their conversations are name
   const target = fresh();
   const path = target.databasePath;
   const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: target.config.audit.secretKey };
-  const erased = await signUp(target);
-  const living = await signUp(target);
-  for (const credential of [asUser(erased), asUser(living)]) {
-    expect((await chat(target, credential, { message: "What can you do?" })).status).toBe(200);
-  }
-  const backup = chatRowsOf(path, [erased.userId]);
-  const kept = counts(chatRowsOf(path, [living.userId]));
-  const gone = await send(target, "/api/me", {
-    method: "DELETE",
-    headers: bearer(erased.accessToken),
-  });
-  expect(gone.status).toBe(204);
-  target.services.audit.flush();
+  const { living, backup, kept } = await chattedThenErased(target, false);
   // Only the messages: foreign keys are off in a plain sqlite3 shell.
   copyBack(path, "chat_messages", backup.chat_messages!);
   // And two more at the ends of what an id can be (probe 93e F4, F5).
