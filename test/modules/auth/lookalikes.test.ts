@@ -7,6 +7,7 @@
 import { Database } from "bun:sqlite";
 import { afterEach, describe, expect, spyOn, test } from "bun:test";
 import { refoldEmailKeys } from "../../../src/modules/auth/email-keys";
+import { AuthService } from "../../../src/modules/auth/service";
 import { buildTestApp, PRODUCTION_ENV, secondProcess, send, type TestApp } from "../../support/app";
 import { STRONG_PASSWORD } from "../../support/auth";
 import { cliInProcess } from "../../support/cli";
@@ -1260,6 +1261,49 @@ describe("rows stored before normalisation", () => {
     // Put back, the holder has its address.
     sqlite.run("UPDATE users SET email_key = 'strasse@example.com' WHERE id = ?", [holder]);
     expect(target.services.auth.findUserByEmail("STRASSE@example.com")?.id).toBe(holder);
+  });
+
+  test("a row stored before normalisation whose address's holder moves its key while the start looks is not given it (probe 93e F1, the normalisation's side)", () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const typedThen = "00000000-0000-7000-8000-00000000000a";
+    const holder = "00000000-0000-7000-8000-00000000000b";
+    const free = "00000000-0000-7000-8000-00000000000c";
+    const bystander = "00000000-0000-7000-8000-00000000000d";
+    insertSealed(target, typedThen, "Emile@EXAMPLE.com", null);
+    insertSealed(target, holder, "emile@example.com", "emile@example.com");
+    // One whose address no row holds: the start reads every account for one failing its seal.
+    insertSealed(target, free, "Free@EXAMPLE.com", null);
+    insertSealed(target, bystander, "bystander@example.com", "bystander@example.com");
+    const other = new Database(target.databasePath);
+    other.run("PRAGMA busy_timeout = 0");
+    const { credentialSeal } = target.services;
+    const moving: typeof credentialSeal = {
+      ...credentialSeal,
+      account: (row) => {
+        if (row.id === bystander) {
+          other.run("UPDATE users SET email_key = 'emile@example.com.x' WHERE id = ?", [holder]);
+        }
+        return credentialSeal.account(row);
+      },
+    };
+    // The auth service as a start builds it, with a seal that lets the other process write.
+    const options = (target.services.auth as unknown as { options: object }).options;
+    try {
+      new AuthService({ ...options, seal: moving, prepareLogin: false } as ConstructorParameters<
+        typeof AuthService
+      >[0]);
+    } finally {
+      other.close();
+    }
+    const keyOf = (id: string) =>
+      (
+        sqlite.query("SELECT email_key AS k FROM users WHERE id = ?").get(id) as {
+          k: string | null;
+        }
+      ).k;
+    expect(keyOf(typedThen)).toBeNull();
+    expect(keyOf(free)).toBe("free@example.com");
   });
 
   test("two rows folded once to one address: neither takes it, whichever is older or fails its seal, and the address stays theirs against registration (probe 93a F2)", async () => {
