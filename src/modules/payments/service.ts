@@ -445,6 +445,8 @@ export class PaymentService {
   private readonly dailyIntents: number;
   /** Per payment, a refund's ledger write that waits for the database lock (writeOrWait). */
   private readonly refundWrites = new WaitingWrites(RECORD_RETRY_MS);
+  /** The requests whose refund this process has audited as asked for, until it is answered. */
+  private readonly refundsAsked = new WeakSet<ActingRequest>();
   /** Per owner's key (unrecordedKey), the give-back of a failed intent's claim that waits for it. */
   private readonly releases = new WaitingWrites(RECORD_RETRY_MS);
   /**
@@ -1039,6 +1041,46 @@ export class PaymentService {
     acting: ActingRequest,
     idempotencyKey?: string,
   ): Promise<RefundOutcome> {
+    try {
+      const outcome = await this.refundOnce(id, amount, acting, idempotencyKey);
+      if (this.refundsAsked.has(acting) && outcome.kind !== "refunded") {
+        this.auditRefundNotMade(acting, id, outcome);
+      }
+      return outcome;
+    } finally {
+      this.refundsAsked.delete(acting);
+    }
+  }
+
+  /**
+   * A refund audited as asked for (`payment.refund.requested`) and answered without one: why, as
+   * the answer's kind (never Stripe's text). Each retry blocked by an earlier refund wrote a
+   * `requested` row and nothing after it (probe 92d: seven for one refund).
+   */
+  private auditRefundNotMade(acting: ActingRequest, id: string, outcome: RefundOutcome): void {
+    const reason =
+      "ok" in outcome
+        ? outcome.reason === UNDECIDED_NOT_THAT_REFUND
+          ? "undecided_not_that_refund"
+          : outcome.kind
+        : outcome.kind;
+    recordDone(this.audit, this.logger, {
+      type: "payment.refund.not_made",
+      outcome: "failure",
+      actor: acting.actor,
+      ip: acting.ip,
+      route: acting.route,
+      requestId: acting.requestId,
+      detail: { paymentId: id, reason },
+    });
+  }
+
+  private async refundOnce(
+    id: string,
+    amount: number | undefined,
+    acting: ActingRequest,
+    idempotencyKey?: string,
+  ): Promise<RefundOutcome> {
     const keyed = idempotencyKey === undefined ? null : keyedRefundKey(id, idempotencyKey);
     const gateway = this.gateway;
     if (gateway === null) throw new Error("payments are not configured");
@@ -1238,6 +1280,7 @@ export class PaymentService {
     // Written before Stripe is asked: a refund the audit log cannot record is not made (a
     // failure rolls the claim back). With the log refusing rows (its id sequence written past
     // 2^53), refunds went on, each with an error line alone, while a sign-in was refused.
+    this.refundsAsked.add(acting);
     this.audit.record({
       type: "payment.refund.requested",
       outcome: "info",

@@ -59,6 +59,8 @@ export const AUDIT_EVENT_TYPES = [
   // made of it.
   "payment.refund.requested",
   "payment.refund",
+  // One asked for and answered without a refund (refused, undecided, blocked by an earlier one).
+  "payment.refund.not_made",
   // An operator's clearing of a payment's refunds whose outcome Stripe never told (the CLI).
   "payment.refund.undecided_cleared",
   "payment.refunded",

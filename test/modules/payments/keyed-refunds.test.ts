@@ -242,3 +242,33 @@ test("ten keyed refunds do not push out the refund found made that a keyless 503
   expect(((await retry.json()) as RefundAnswer).refund.id).toBe(ofThousand[0]!.id);
   expect(refunded(current, id)).toBe(6000);
 });
+
+test("a refund asked for and not made is audited with why: Stripe's refusal, an answer that never came, and the retry an undecided refund blocks (probe 92d)", async () => {
+  current = buildPaymentsApp();
+  const { admin, id } = await paidPayment(current, 3000);
+  const notMade = () =>
+    auditRows(current!, "payment.refund.not_made").map((row) => ({
+      outcome: row.outcome,
+      detail: JSON.parse(row.detail) as Record<string, unknown>,
+    }));
+  // Refused by Stripe (a 4xx): nothing made.
+  current.stripe.failNext(REFUNDS, { status: 400, code: "charge_already_refunded" });
+  expect((await refund(current, id, admin, { amount: 1000 })).status).toBe(502);
+  // No answer (a 503 Stripe says not to retry): the refund stays undecided...
+  current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+  const unanswered = await refund(current, id, admin, { amount: 1000 });
+  expect(unanswered.status).toBeGreaterThanOrEqual(500);
+  // ...and a retry asks Stripe about it first, which fails again.
+  current.stripe.failNext(REFUNDS, { status: 503, shouldRetry: false });
+  expect((await refund(current, id, admin, { amount: 1000 })).status).toBeGreaterThanOrEqual(500);
+  const rows = notMade();
+  expect(rows).toHaveLength(3);
+  expect(rows.every((row) => row.outcome === "failure" && row.detail.paymentId === id)).toBe(true);
+  expect(rows.map((row) => row.detail.reason)).toEqual(["refused", "unavailable", "unavailable"]);
+  expect(auditRows(current, "payment.refund.requested")).toHaveLength(3);
+  // Made, no such row.
+  const made = await refund(current, id, admin, { amount: 1000 });
+  expect(made.status).toBe(200);
+  expect(notMade()).toHaveLength(3);
+  expect(JSON.stringify(rows)).not.toContain("charge_already_refunded");
+});
