@@ -6,6 +6,7 @@
  */
 import { Database } from "bun:sqlite";
 import { expect, test } from "bun:test";
+import type { ChatFeature } from "../../src/modules/chat/feature";
 import { buildTestApp, send, type TestApp } from "../support/app";
 import { bearer, createKey, signUp } from "../support/auth";
 import { asKey, asUser, chat } from "../support/chat";
@@ -181,4 +182,35 @@ test("an erased user's messages copied back without their conversations are name
   expect(orphans()).toHaveLength(0);
   expect(counts(chatRowsOf(path, [living.userId]))).toEqual(kept);
   expect((await cli(["db:verify"], env)).code).toBe(0);
+});
+
+test("messages of no conversation are deleted a part at a time, each at most 4 MB of text, the first whatever its size (probe 93g F4)", async () => {
+  const target = fresh();
+  const { backup } = await chattedThenErased(target, false);
+  const path = target.databasePath;
+  copyBack(path, "chat_messages", backup.chat_messages!.slice(0, 1));
+  const file = new Database(path);
+  try {
+    const first = String(backup.chat_messages![0]!.id);
+    file.run("CREATE TEMP TABLE copied AS SELECT * FROM chat_messages WHERE 0");
+    for (let i = 0; i < 5; i++) {
+      file.run(`INSERT INTO copied SELECT * FROM chat_messages WHERE id = ${first}`);
+    }
+    file.run("UPDATE copied SET id = 1000000 + rowid, content = printf('%.*c', 1500000, 'x')");
+    file.run("INSERT INTO chat_messages SELECT * FROM copied");
+    file.run(`DELETE FROM chat_messages WHERE id = ${first}`);
+  } finally {
+    file.close();
+  }
+  const chatService = (target.services.features.find((f) => f.name === "chat") as ChatFeature)
+    .service;
+  // 1.5 MB each: two to a part (3 MB), never all five.
+  const parts: number[] = [];
+  let after: string | null = null;
+  do {
+    const part = chatService.deleteUnownedMessages(after, 250);
+    parts.push(part.rows);
+    after = part.next;
+  } while (after !== null);
+  expect(parts.filter((rows) => rows > 0)).toEqual([2, 2, 1]);
 });

@@ -6,14 +6,14 @@
  * round (probe 91i F4). Such keys are the ones holding `ß` (no folded key holds it now), found
  * through a partial index so that a start does not read every account.
  */
-import { and, asc, eq, gt, sql } from "drizzle-orm";
+import { and, eq, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { sealMatches } from "../../db/row-seal";
 import { users } from "../../db/schema";
 import { spellOut } from "../../logging/spell-out";
 import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns } from "../../plugins/auth/sealed-columns";
-import { foldCase } from "./email";
+import { checkEmail, foldCase } from "./email";
 
 /**
  * Rows folded in one write transaction: another process starting on the file waits for one part,
@@ -46,133 +46,152 @@ export function refoldEmailKeys(
   db: AppDatabase,
   seal: CredentialSeal,
 ): { collides: string[]; heldByTampered: string[]; blockedBy: string[] } {
-  const collides: string[] = [];
-  // Said at start (probe 92e F1: such an account could not sign in, and nothing said so).
-  const heldByTampered: string[] = [];
-  // The rows that keep them waiting, named with them (probe 93c F2: only db:verify found them).
-  const blockedBy = new Set<string>();
-  // What the file holds before any part: read in no write transaction (probe 93c F1: the scan
-  // of every account inside one held the write lock 3 s at every start and command with 200,000
-  // accounts, and the running service's writes failed; 93e F2: the count of rows folded once,
-  // 330 ms with 100,000 of them). A part then moves a key only where that look says so, and a
-  // holder gone since the look (its key moved or the row deleted in the file while the refold
-  // ran) keeps its address (93e F1: the look alone was raced, and the address moved).
-  const look = lookBeforeFolding(db, seal);
-  if (look === null) return { collides, heldByTampered, blockedBy: [] };
-  let after = "";
-  for (;;) {
-    const part = db.transaction(
-      (): string | undefined => {
-        const rows = db
-          .select(sealedAccountColumns)
-          .from(users)
-          .where(and(sql`instr(${users.emailKey}, 'ß') > 0`, gt(users.id, after)))
-          .orderBy(asc(users.id))
-          .limit(REFOLD_PART)
-          .all();
-        const matches = (row: (typeof rows)[number]) =>
-          typeof row.id === "string" &&
-          sealMatches(seal.account(row), row.seal) &&
-          !seal.erased(`user:${row.id}`);
-        for (const row of rows) {
-          if (typeof row.emailKey !== "string" || !matches(row)) continue;
-          // The domain is ASCII (IDNA), which folding leaves as it is.
-          const folded = foldCase(row.emailKey);
-          if (folded === row.emailKey) continue;
-          const holder = db
+  const matches = (row: SealedRow) =>
+    typeof row.id === "string" &&
+    sealMatches(seal.account(row), row.seal) &&
+    !seal.erased(`user:${row.id}`);
+  // Everything is decided on one look at the file, in one read snapshot and no write transaction
+  // (probe 93c F1, 93e F2, 93g F3: scans and parts that could move nothing held the write lock for
+  // seconds at every start and command; 93e F1: reads in separate snapshots were raced); the write
+  // parts then touch only the rows it says move, each checked again as the look saw it.
+  const { look, firstTampered } = db.$client
+    .transaction(() => {
+      const look = lookBeforeFolding(db, matches);
+      // Read only when a key would move: one keyed hash for every account.
+      return {
+        look,
+        firstTampered: look.moves.length > 0 ? firstAccountFailingItsSeal(db, seal) : null,
+      };
+    })
+    .deferred();
+  const { collides, heldByTampered, blockedBy } = look;
+  // No row holds the address, but a row that does not match its seal may be the one that did: its
+  // key moved away in the file, the address went to the row folded once for good, and the key
+  // written back was refused as a duplicate (probe 93a F1). Nothing moves while the file holds
+  // such a row; the next start after it is put right or removed folds them.
+  if (firstTampered !== null) {
+    heldByTampered.push(...look.moves.map((move) => move.id));
+    blockedBy.add(firstTampered);
+    return { collides, heldByTampered, blockedBy: [...blockedBy] };
+  }
+  for (let at = 0; at < look.moves.length; at += REFOLD_PART) {
+    const part = look.moves.slice(at, at + REFOLD_PART);
+    db.transaction(
+      () => {
+        for (const move of part) {
+          const row = db
             .select(sealedAccountColumns)
             .from(users)
-            .where(eq(users.emailKey, folded))
+            .where(eq(users.id, move.id))
+            .get();
+          // Changed since the look (in the file, or by another process starting): left as it is.
+          if (row === undefined || row.emailKey !== move.from || !matches(row)) {
+            heldByTampered.push(move.id);
+            continue;
+          }
+          const holder = db
+            .select({ id: users.id })
+            .from(users)
+            .where(eq(users.emailKey, move.to))
             .get();
           if (holder !== undefined) {
-            if (matches(holder)) collides.push(row.id);
-            else {
-              heldByTampered.push(row.id);
-              blockedBy.add(spellOut(holder.id, NAMED_ID_LENGTH));
-            }
+            collides.push(move.id);
             continue;
           }
-          // Held when the refold looked, and by no row now: the holder's key moved away in the
-          // file (or its row was deleted) while the refold ran (probe 93e F1).
-          const heldThen = look.holders.get(folded);
-          if (heldThen !== undefined) {
-            heldByTampered.push(row.id);
-            blockedBy.add(heldThen);
-            continue;
-          }
-          // Another row folded once to the same address (`ẞSS@…` and `SSẞ@…`): which is meant
-          // the file cannot tell, and the older by id took it (probe 93a F2). Counted whether or
-          // not it matches its seal, as registration counts it: one written into the file and
-          // skipped let the other take the address, kept once the row was put right. A row the
-          // look did not see (none is written folded once now) is not moved either.
-          const claimants = look.claimants.get(folded) ?? 0;
-          if (claimants !== 1) {
-            (claimants > 1 ? collides : heldByTampered).push(row.id);
-            continue;
-          }
-          // No row holds the address, but a row that does not match its seal may be the one that
-          // did: its key moved away in the file, the address went to this row for good, and the
-          // key written back was refused as a duplicate (probe 93a F1). Nothing moves while the
-          // file holds such a row; the next start after it is put right or removed folds this one.
-          if (look.firstTampered !== null) {
-            heldByTampered.push(row.id);
-            blockedBy.add(look.firstTampered);
-            continue;
-          }
-          const emailKey = folded;
+          const emailKey = move.to;
           db.update(users)
             .set({ emailKey, seal: seal.account({ ...row, emailKey }) })
-            .where(eq(users.id, row.id))
+            .where(eq(users.id, move.id))
             .run();
         }
-        return rows.at(-1)?.id;
       },
       { behavior: "immediate" },
     );
-    if (typeof part !== "string") return { collides, heldByTampered, blockedBy: [...blockedBy] };
-    after = part;
   }
+  return { collides, heldByTampered, blockedBy: [...blockedBy] };
 }
 
+type SealedRow = Parameters<CredentialSeal["account"]>[0] & { seal: string | null };
+
 /**
- * What the refold reads before it writes, in no write transaction: for each address a stored key
- * folded once (holding `ß`) folds to, how many such keys fold to it (`claimants`) and the row
- * holding it then (`holders`, its id as named); and, when some address is held by no row, the
- * first account row that does not match its seal (`firstTampered`, one keyed hash a row). Null
- * when no key is folded once (every start after the upgrade: one read of the partial index).
+ * What the refold decides on one look, writing nothing: for each row whose key was folded once
+ * and that matches its seal, whether its address is held (by a row that matches its seal:
+ * `collides`; by one that does not: `heldByTampered`, with that row in `blockedBy`), wanted by
+ * another claimant (`collides`: another key folded once, or a row stored before normalisation,
+ * whichever is older or fails its seal, probe 93a F2, 93g F2), or free (`moves`).
  */
 function lookBeforeFolding(
   db: AppDatabase,
-  seal: CredentialSeal,
+  matches: (row: SealedRow) => boolean,
 ): {
-  claimants: Map<string, number>;
-  holders: Map<string, string>;
-  firstTampered: string | null;
-} | null {
-  const claimants = new Map<string, number>();
-  const keys = db.$client.query<{ key: unknown }, []>(
-    "SELECT email_key AS key FROM users INDEXED BY users_key_folds_again WHERE instr(email_key, 'ß') > 0",
+  collides: string[];
+  heldByTampered: string[];
+  blockedBy: Set<string>;
+  moves: { id: string; from: string; to: string }[];
+} {
+  const collides: string[] = [];
+  const heldByTampered: string[] = [];
+  const blockedBy = new Set<string>();
+  const moves: { id: string; from: string; to: string }[] = [];
+  const rows = db.$client
+    .query<SealedRow, []>(
+      `SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal
+       FROM users INDEXED BY users_key_folds_again WHERE instr(email_key, 'ß') > 0`,
+    )
+    .all();
+  if (rows.length === 0) return { collides, heldByTampered, blockedBy, moves };
+  const claimants = addressClaimants(db, rows);
+  const holderOf = db.$client.query<SealedRow, [string]>(
+    "SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal FROM users WHERE email_key = ?1",
   );
-  for (const { key } of keys.iterate()) {
-    if (typeof key !== "string") continue;
-    const folded = foldCase(key);
-    claimants.set(folded, (claimants.get(folded) ?? 0) + 1);
-  }
-  if (claimants.size === 0) return null;
-  const holders = new Map<string, string>();
-  const holderOf = db.$client.query<{ id: unknown }, [string]>(
-    "SELECT id FROM users WHERE email_key = ?1",
-  );
-  for (const folded of claimants.keys()) {
+  for (const row of rows) {
+    // A row that does not match its seal is left exactly as it is (probe 92a F2, 92c F1).
+    if (typeof row.emailKey !== "string" || !matches(row)) continue;
+    // The domain is ASCII (IDNA), which folding leaves as it is.
+    const folded = foldCase(row.emailKey);
+    if (folded === row.emailKey) continue;
+    const id = row.id as string;
     const holder = holderOf.get(folded);
-    if (holder !== null) holders.set(folded, spellOut(holder.id, NAMED_ID_LENGTH));
+    if (holder !== null) {
+      if (matches(holder)) collides.push(id);
+      else {
+        heldByTampered.push(id);
+        blockedBy.add(spellOut(holder.id, NAMED_ID_LENGTH));
+      }
+    } else if ((claimants.get(folded) ?? 0) > 1) collides.push(id);
+    else moves.push({ id, from: row.emailKey, to: folded });
   }
-  const anyFree = [...claimants.keys()].some((folded) => !holders.has(folded));
-  return {
-    claimants,
-    holders,
-    firstTampered: anyFree ? firstAccountFailingItsSeal(db, seal) : null,
-  };
+  return { collides, heldByTampered, blockedBy, moves };
+}
+
+/**
+ * For each address, how many rows without it would take it at start: keys folded once (`rows`,
+ * holding `ß`) and rows stored before normalisation (no key), whose address is checked as
+ * registration checks it. Counted whether or not they match their seals, as registration counts
+ * them.
+ */
+export function addressClaimants(
+  db: AppDatabase,
+  foldedOnce?: readonly { emailKey: unknown }[],
+): Map<string, number> {
+  const claimants = new Map<string, number>();
+  const add = (key: string) => claimants.set(key, (claimants.get(key) ?? 0) + 1);
+  const keys =
+    foldedOnce ??
+    db.$client
+      .query<{ emailKey: unknown }, []>(
+        "SELECT email_key AS emailKey FROM users INDEXED BY users_key_folds_again WHERE instr(email_key, 'ß') > 0",
+      )
+      .all();
+  for (const { emailKey } of keys) if (typeof emailKey === "string") add(foldCase(emailKey));
+  const unkeyed = db.$client.query<{ email: unknown }, []>(
+    "SELECT email FROM users WHERE email_key IS NULL",
+  );
+  for (const { email } of unkeyed.iterate()) {
+    const verdict = typeof email === "string" ? checkEmail(email) : null;
+    if (verdict?.ok) add(verdict.key);
+  }
+  return claimants;
 }
 
 /** An id as an error line names it: a row written into the file may hold any length, or no text. */
@@ -194,6 +213,25 @@ export function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal
     }
   }
   return null;
+}
+
+/**
+ * The rows stored before normalisation (no key) whose address normalises to `key`: a start leaves
+ * them aside while another such row, or a key folded once, would take it too (probe 93g F2), and
+ * they hold the address meanwhile, as `unfoldedKeysFoldingTo`'s rows do. Read by the key index
+ * (few rows have none).
+ */
+export function unkeyedRowsNormalisingTo(db: AppDatabase, key: string): string[] {
+  return db.$client
+    .query<{ id: unknown; email: unknown }, []>(
+      "SELECT id, email FROM users WHERE email_key IS NULL",
+    )
+    .all()
+    .filter(({ email }) => {
+      const verdict = typeof email === "string" ? checkEmail(email) : null;
+      return verdict?.ok === true && verdict.key === key;
+    })
+    .map(({ id }) => spellOut(id, NAMED_ID_LENGTH));
 }
 
 /**

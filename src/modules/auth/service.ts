@@ -72,7 +72,13 @@ import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey, foldCase, MAX_EMAIL_LENGTH } from "./email";
-import { firstAccountFailingItsSeal, refoldEmailKeys, unfoldedKeysFoldingTo } from "./email-keys";
+import {
+  addressClaimants,
+  firstAccountFailingItsSeal,
+  refoldEmailKeys,
+  unfoldedKeysFoldingTo,
+  unkeyedRowsNormalisingTo,
+} from "./email-keys";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
 import {
@@ -390,76 +396,88 @@ export class AuthService {
 
   /**
    * Rows stored before addresses were normalised have no `email_key`. Each gets its normalised
-   * address and key now, oldest first; a row whose address is invalid under today's rules, or
-   * collapses onto an address another account already holds, is set aside (key left null: it can
-   * no longer sign in by email) and reported on every start until an operator resolves it. Runs in
-   * one immediate transaction, so processes starting together do it once.
+   * address and key now; a row whose address is invalid under today's rules, collapses onto an
+   * address another account already holds, or that another such row (or a key folded once) would
+   * take too, is set aside (key left null: it can no longer sign in by email) and reported on every
+   * start until an operator resolves it. Decided, as the refold is (email-keys.ts), on one look in
+   * one read snapshot, and no address is given while an account row fails its seal (probe 93a F1:
+   * the holder's key moved away in the file); then one immediate transaction writes what it
+   * decided, each row checked again as the look saw it, so processes starting together do it once.
    */
   private reconcileEmailKeys(): void {
     const { logger, seal } = this.options;
     const db = this.db;
     const setAside: string[] = [];
     const waiting: string[] = [];
-    const waitingOn = new Set<string>();
-    // A value read from the file may be anything: a BLOB written there stopped every start with a
-    // TypeError that named no row (probe 79c F2). It is no valid address.
-    const verdictOf = (email: unknown) => (typeof email === "string" ? checkEmail(email) : null);
-    // As the refold (email-keys.ts): no key is given while an account row fails its seal, which
-    // may be the address's holder with its key moved away in the file (probe 93a F1), nor one
-    // held when this looked and by no row now (moved away meanwhile: 93e F1). Read before the
-    // write transaction, and the scan only when a row would be given a key.
-    const heldThen = new Map<string, string>();
-    let wouldKey = false;
-    for (const { email } of db
-      .select({ email: users.email })
-      .from(users)
-      .where(isNull(users.emailKey))
-      .all()) {
-      const verdict = verdictOf(email);
-      if (verdict?.ok !== true) continue;
-      const holder = this.statements.userByEmail.get({ value: verdict.key });
-      if (holder) heldThen.set(verdict.key, storedText(String(holder.id), 64));
-      else wouldKey = true;
-    }
-    const blockedBy = wouldKey ? firstAccountFailingItsSeal(db, seal) : null;
-    db.transaction(
-      () => {
+    const { moves, firstTampered } = db.$client
+      .transaction(() => {
+        const moves: { row: (typeof rows)[number]; email: string; key: string }[] = [];
         const rows = db
           .select(sealedAccountColumns)
           .from(users)
           .where(isNull(users.emailKey))
-          .orderBy(asc(users.createdAt), asc(users.id))
+          .orderBy(asc(users.id))
           .all();
+        if (rows.length === 0) return { moves, firstTampered: null };
+        const claimants = addressClaimants(db);
         for (const row of rows) {
-          const verdict = verdictOf(row.email);
+          // A value read from the file may be anything: a BLOB written there stopped every start
+          // with a TypeError that named no row (probe 79c F2). It is no valid address.
+          const verdict = typeof row.email === "string" ? checkEmail(row.email) : null;
           // Held by another row, even one written into the file: left aside (its key null), which
           // the next start undoes once the holder is gone; taking the key from a tampered holder
-          // made that tamper's undoing fail for good (probe 92c F1).
+          // made that tamper's undoing fail for good (probe 92c F1). Wanted by another row stored
+          // so, or by a key folded once: none takes it (probe 93g F2: the oldest by `created_at`,
+          // which no seal covers, took it, and someone with the file chose which).
           if (
             verdict === null ||
             !verdict.ok ||
-            this.statements.userByEmail.get({ value: verdict.key })
+            this.statements.userByEmail.get({ value: verdict.key }) ||
+            (claimants.get(verdict.key) ?? 0) > 1
           ) {
             setAside.push(row.id);
             continue;
           }
-          const left = heldThen.get(verdict.key) ?? blockedBy;
-          if (left !== null) {
-            waiting.push(row.id);
-            waitingOn.add(left);
-            continue;
-          }
-          const intact = seal.intact.account(row);
-          const address = { email: verdict.email, emailKey: verdict.key };
-          // Resealed only if it was sealed as it stood: a row written into the file stays refused.
-          db.update(users)
-            .set(intact ? { ...address, seal: seal.account({ ...row, ...address }) } : address)
-            .where(eq(users.id, row.id))
-            .run();
+          moves.push({ row, email: verdict.email, key: verdict.key });
         }
-      },
-      { behavior: "immediate" },
-    );
+        return {
+          moves,
+          firstTampered: moves.length > 0 ? firstAccountFailingItsSeal(db, seal) : null,
+        };
+      })
+      .deferred();
+    if (firstTampered !== null) waiting.push(...moves.map(({ row }) => row.id));
+    else if (moves.length > 0) {
+      db.transaction(
+        () => {
+          for (const { row, email, key } of moves) {
+            const now = db
+              .select(sealedAccountColumns)
+              .from(users)
+              .where(eq(users.id, row.id))
+              .get();
+            // Changed since the look, or its address taken meanwhile: left aside.
+            if (
+              now === undefined ||
+              now.emailKey !== null ||
+              now.email !== row.email ||
+              this.statements.userByEmail.get({ value: key })
+            ) {
+              setAside.push(row.id);
+              continue;
+            }
+            const intact = seal.intact.account(now);
+            const address = { email, emailKey: key };
+            // Resealed only if it was sealed as it stood: a row written into the file stays refused.
+            db.update(users)
+              .set(intact ? { ...address, seal: seal.account({ ...now, ...address }) } : address)
+              .where(eq(users.id, row.id))
+              .run();
+          }
+        },
+        { behavior: "immediate" },
+      );
+    }
     if (setAside.length > 0) {
       logger.warn(
         accountsNamed(setAside),
@@ -468,11 +486,12 @@ export class AuthService {
     }
     if (waiting.length > 0) {
       logger.error(
-        { ...accountsNamed(waiting), rows: [...waitingOn] },
+        { ...accountsNamed(waiting), rows: [firstTampered] },
         "accounts stored before email normalisation are left unnormalised while an account row does not match its seal (written into the database file: it may hold, or have held, their address; `rows` names it, db:verify names every such row); they cannot sign in by email until that row is put right (restore the file from a backup) or removed; the next start normalises them",
       );
     }
   }
+
   findUser(id: string): UserRecord | null {
     const row = this.userById(id);
     return row ? publicUser(row) : null;
@@ -525,7 +544,12 @@ export class AuthService {
       // the address too, whether or not its row matches its seal, as the unique index holds a
       // key: a start folds it once the row is put right, and an account registered meanwhile
       // took the address from it for good (probe 92e F1).
-      const same = this.userByEmail(key) !== null || unfoldedKeysFoldingTo(this.db, key).length > 0;
+      // So do rows stored before normalisation that a start leaves aside while another claims the
+      // address too (probe 93g F2): none of them takes it, and neither may a newcomer.
+      const same =
+        this.userByEmail(key) !== null ||
+        unfoldedKeysFoldingTo(this.db, key).length > 0 ||
+        unkeyedRowsNormalisingTo(this.db, key).length > 0;
       if (!taken && !same) return false;
       this.options.audit.record({
         type: "auth.register.duplicate",

@@ -20,9 +20,10 @@ export function ownersOfUser(userId: string, actors: readonly string[]): ChatOwn
 }
 
 /**
- * Messages looked at a part for ones of no conversation: each deleted page is zeroed (secure
- * delete), ~80 µs an 8 KB message here, so 250 hold the write lock ~20 ms at most (probe 93e F3:
- * 5,000 held it 140–570 ms, and the running service's requests failed).
+ * Messages looked at a part for ones of no conversation, and at most 4 MB of their text (ChatService
+ * `deleteUnownedMessages`): each deleted page is zeroed (secure delete), ~80 µs an 8 KB message
+ * here, so a part holds the write lock ~20 ms (probe 93e F3: 5,000 messages held it 140–570 ms;
+ * 93g F4: 250 of 1 MB each, 1.6 s).
  */
 const UNOWNED_WINDOW = 250;
 

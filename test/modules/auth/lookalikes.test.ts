@@ -594,7 +594,7 @@ describe("the unknown-email login's dummy hash", () => {
 });
 
 describe("rows stored before normalisation", () => {
-  test("are normalised at start; a collision keeps the oldest and sets the others aside", async () => {
+  test("are normalised at start; rows that collide with each other are all set aside, and hold the address against registration (probe 93g F2: the oldest by a column no seal covers took it)", async () => {
     const target = app();
     const sqlite = target.db.$client;
     // Sealed as Palisade sealed them: only the address columns are of another era.
@@ -623,17 +623,20 @@ describe("rows stored before normalisation", () => {
         .query("SELECT id, email, email_key AS emailKey FROM users ORDER BY created_at")
         .all();
       expect(rows).toEqual([
-        { id: "old-nfc", email: "\u00e9mile@example.com", emailKey: "\u00e9mile@example.com" },
+        { id: "old-nfc", email: "\u00e9mile@example.com", emailKey: null },
         { id: "old-nfd", email: "e\u0301mile@example.com", emailKey: null },
         { id: "old-width", email: "t1@example.com", emailKey: "t1@example.com" },
         { id: "old-invisible", email: "t\u200b9@example.com", emailKey: null },
       ]);
-      expect(next.services.auth.findUserByEmail("E\u0301MILE@example.com")?.id).toBe("old-nfc");
-      const duplicate = await send(next, "/api/auth/register", {
-        body: { email: "e\u0301mile@example.com", password: STRONG_PASSWORD },
-        peer: nextPeer(),
-      });
-      expect(duplicate.status).toBe(409);
+      expect(next.services.auth.findUserByEmail("E\u0301MILE@example.com")).toBeNull();
+      // Neither has it, and no one else may take it: an operator decides (by --id).
+      for (const email of ["e\u0301mile@example.com", "\u00c9MILE@example.com"]) {
+        const duplicate = await send(next, "/api/auth/register", {
+          body: { email, password: STRONG_PASSWORD },
+          peer: nextPeer(),
+        });
+        expect({ email, status: duplicate.status }).toEqual({ email, status: 409 });
+      }
     } finally {
       next.close();
     }
@@ -1249,8 +1252,9 @@ describe("rows stored before normalisation", () => {
       },
     };
     try {
+      // Held when it looked: the address is not the left account's to take.
       const refolded = refoldEmailKeys(target.db, moving);
-      expect(refolded).toEqual({ collides: [], heldByTampered: [left], blockedBy: [holder] });
+      expect(refolded).toEqual({ collides: [left], heldByTampered: [], blockedBy: [] });
     } finally {
       other.close();
     }
@@ -1304,6 +1308,63 @@ describe("rows stored before normalisation", () => {
       ).k;
     expect(keyOf(typedThen)).toBeNull();
     expect(keyOf(free)).toBe("free@example.com");
+  });
+
+  test("with nothing to move, the refold holds no write lock: another process writes at every step (probe 93g F3)", () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const waiting = "00000000-0000-7000-8000-00000000000a";
+    insertSealed(target, waiting, "GRO\u1e9eE@example.com", "gro\u00dfe@example.com");
+    insertSealed(
+      target,
+      "00000000-0000-7000-8000-00000000000d",
+      "bystander@example.com",
+      "bystander@example.com",
+    );
+    sqlite.run(
+      `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
+       VALUES ('forged', 'forged@example.com', 'forged@example.com', 'x', 'user', 'x', 1, 1)`,
+    );
+    const other = new Database(target.databasePath);
+    other.run("PRAGMA busy_timeout = 0");
+    let writes = 0;
+    const { credentialSeal } = target.services;
+    const writing: typeof credentialSeal = {
+      ...credentialSeal,
+      account: (row) => {
+        other.run("UPDATE users SET updated_at = updated_at + 1 WHERE id = 'forged'");
+        writes++;
+        return credentialSeal.account(row);
+      },
+    };
+    try {
+      const refolded = refoldEmailKeys(target.db, writing);
+      expect(refolded).toEqual({ collides: [], heldByTampered: [waiting], blockedBy: ["forged"] });
+    } finally {
+      other.close();
+    }
+    expect(writes).toBeGreaterThan(2);
+  });
+
+  test("a key folded once and a row stored before normalisation claiming one address: neither takes it, and no one may register it (probe 93g F2)", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const folded = "00000000-0000-7000-8000-00000000000a";
+    const unkeyed = "00000000-0000-7000-8000-00000000000b";
+    insertSealed(target, folded, "STRA\u1e9eE@example.com", "stra\u00dfe@example.com");
+    insertSealed(target, unkeyed, "Strasse@EXAMPLE.com", null);
+    const next = startAgain(target);
+    try {
+      const keys = sqlite.query("SELECT id, email_key AS k FROM users ORDER BY id").all();
+      expect(keys).toEqual([
+        { id: folded, k: "stra\u00dfe@example.com" },
+        { id: unkeyed, k: null },
+      ]);
+      expect(next.services.auth.findUserByEmail("strasse@example.com")).toBeNull();
+    } finally {
+      next.close();
+    }
+    expect((await register(target, "STRASSE@example.com")).status).toBe(409);
   });
 
   test("two rows folded once to one address: neither takes it, whichever is older or fails its seal, and the address stays theirs against registration (probe 93a F2)", async () => {
