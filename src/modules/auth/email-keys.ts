@@ -74,41 +74,53 @@ export function refoldEmailKeys(
     blockedBy.add(firstTampered);
     return { collides, heldByTampered, blockedBy: [...blockedBy] };
   }
-  for (let at = 0; at < look.moves.length; at += REFOLD_PART) {
-    const part = look.moves.slice(at, at + REFOLD_PART);
+  inWriteParts(db, look.moves, (move) => {
+    const row = db.select(sealedAccountColumns).from(users).where(eq(users.id, move.id)).get();
+    // Folded by another process starting beside this one: done (probe 93h F5).
+    if (row?.emailKey === move.to) return;
+    // Changed since the look (in the file, or by another process starting): left as it is.
+    if (row === undefined || row.emailKey !== move.from || !matches(row)) {
+      heldByTampered.push(move.id);
+      return;
+    }
+    const holder = db.select({ id: users.id }).from(users).where(eq(users.emailKey, move.to)).get();
+    if (holder !== undefined) {
+      collides.push(move.id);
+      return;
+    }
+    const emailKey = move.to;
+    db.update(users)
+      .set({ emailKey, seal: seal.account({ ...row, emailKey }) })
+      .where(eq(users.id, move.id))
+      .run();
+  });
+  return { collides, heldByTampered, blockedBy: [...blockedBy] };
+}
+
+/** The pause between two write parts, in which other processes take the lock (probe 93h F1, F2). */
+const PART_PAUSE_MS = 10;
+
+/**
+ * `write` for each item, REFOLD_PART of them a write transaction, with a pause between two: a
+ * start is synchronous, so the pause holds this process, and lets every other process on the file
+ * write (probe 93h F2: parts back to back, the running service's writes waited out their 50 ms and
+ * failed).
+ */
+export function inWriteParts<T>(
+  db: AppDatabase,
+  items: readonly T[],
+  write: (item: T) => void,
+): void {
+  for (let at = 0; at < items.length; at += REFOLD_PART) {
+    if (at > 0) Bun.sleepSync(PART_PAUSE_MS);
+    const part = items.slice(at, at + REFOLD_PART);
     db.transaction(
       () => {
-        for (const move of part) {
-          const row = db
-            .select(sealedAccountColumns)
-            .from(users)
-            .where(eq(users.id, move.id))
-            .get();
-          // Changed since the look (in the file, or by another process starting): left as it is.
-          if (row === undefined || row.emailKey !== move.from || !matches(row)) {
-            heldByTampered.push(move.id);
-            continue;
-          }
-          const holder = db
-            .select({ id: users.id })
-            .from(users)
-            .where(eq(users.emailKey, move.to))
-            .get();
-          if (holder !== undefined) {
-            collides.push(move.id);
-            continue;
-          }
-          const emailKey = move.to;
-          db.update(users)
-            .set({ emailKey, seal: seal.account({ ...row, emailKey }) })
-            .where(eq(users.id, move.id))
-            .run();
-        }
+        for (const item of part) write(item);
       },
       { behavior: "immediate" },
     );
   }
-  return { collides, heldByTampered, blockedBy: [...blockedBy] };
 }
 
 type SealedRow = Parameters<CredentialSeal["account"]>[0] & { seal: string | null };

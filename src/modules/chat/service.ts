@@ -274,6 +274,20 @@ function ownedBy(owner: ChatOwner) {
   );
 }
 
+/** Every column of `chat_messages` but its id: what a row's size is summed over. */
+const MESSAGE_COLUMNS = [
+  "conversation_id",
+  "role",
+  "content",
+  "incomplete",
+  "tokens",
+  "prompt_tokens",
+  "completion_tokens",
+  "created_at",
+  "seal",
+  "previous_seal",
+] as const;
+
 export class ChatService implements ChatTurns {
   private readonly db;
   private readonly statements;
@@ -1434,14 +1448,16 @@ export class ChatService implements ChatTurns {
     const from = after ?? "-9223372036854775808";
     const past = after === null ? ">=" : ">";
     // The window's end, read before the write lock: up to `window` messages and DELETE_PART_BYTES
-    // of text, the first whatever its size (probe 93g F4: 250 messages of 1 MB each held the
-    // lock 1.6 s, secure delete zeroing every page).
+    // of every column (a row written into the file may hold a value of any size in any of them),
+    // the first whatever its size (probe 93g F4: 250 messages of 1 MB each
+    // held the lock 1.6 s, secure delete zeroing every page; 93h F4: a large seal, not counted).
     const last = sqlite
       .query<{ last: string | null }, [string, number, number]>(
         `SELECT CAST(max(id) AS TEXT) AS last FROM (
            SELECT id, row_number() OVER (ORDER BY id) AS n,
-                  sum(coalesce(octet_length(content), 0)) OVER (ORDER BY id) AS running
-           FROM (SELECT id, content FROM chat_messages WHERE id ${past} CAST(?1 AS INTEGER)
+                  sum(bytes) OVER (ORDER BY id) AS running
+           FROM (SELECT id, ${MESSAGE_COLUMNS.map((column) => `coalesce(octet_length(${column}), 0)`).join(" + ")} AS bytes
+                 FROM chat_messages WHERE id ${past} CAST(?1 AS INTEGER)
                  ORDER BY id LIMIT ?2))
          WHERE n = 1 OR running <= ?3`,
       )

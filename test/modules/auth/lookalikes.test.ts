@@ -1367,6 +1367,57 @@ describe("rows stored before normalisation", () => {
     expect((await register(target, "STRASSE@example.com")).status).toBe(409);
   });
 
+  test("keys folded in parts pause between two, so that other processes write (probe 93h F2); a row another process folded meanwhile is done, not said to wait (93h F5)", () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const { credentialSeal } = target.services;
+    const ids: string[] = [];
+    sqlite.transaction(() => {
+      for (let i = 0; i < 600; i++) {
+        const id = `00000000-0000-7000-8000-${String(i).padStart(12, "0")}`;
+        ids.push(id);
+        insertSealed(target, id, `GRO\u1e9eE${i}@example.com`, `gro\u00dfe${i}@example.com`);
+      }
+    })();
+    // Another process folds the first while this one looks (its scan reads that row).
+    const other = new Database(target.databasePath);
+    const first = ids[0]!;
+    let folded = false;
+    const folding: typeof credentialSeal = {
+      ...credentialSeal,
+      account: (row) => {
+        if (!folded && row.id === ids[599]) {
+          folded = true;
+          const emailKey = "grosse0@example.com";
+          other.run("UPDATE users SET email_key = ?, seal = ? WHERE id = ?", [
+            emailKey,
+            credentialSeal.account({
+              id: first,
+              email: "GRO\u1e9eE0@example.com",
+              emailKey,
+              passwordHash: "x",
+              role: "user",
+            }),
+            first,
+          ]);
+        }
+        return credentialSeal.account(row);
+      },
+    };
+    const pauses = spyOn(Bun, "sleepSync");
+    try {
+      const refolded = refoldEmailKeys(target.db, folding);
+      expect(refolded).toEqual({ collides: [], heldByTampered: [], blockedBy: [] });
+      expect(pauses).toHaveBeenCalledTimes(1);
+    } finally {
+      pauses.mockRestore();
+      other.close();
+    }
+    expect(
+      sqlite.query("SELECT count(*) AS n FROM users WHERE instr(email_key, '\u00df') > 0").get(),
+    ).toEqual({ n: 0 });
+  });
+
   test("two rows folded once to one address: neither takes it, whichever is older or fails its seal, and the address stays theirs against registration (probe 93a F2)", async () => {
     const target = app();
     const sqlite = target.db.$client;
