@@ -1083,6 +1083,24 @@ describe("rows stored before normalisation", () => {
     );
   }
 
+  /**
+   * The test app's credential seal, but another connection (another process, waiting for no lock)
+   * runs `statement` when the seal is asked about the row `at`: a write while that row is read.
+   */
+  function sealWritingAt(target: TestApp, at: string, statement: string, ...values: string[]) {
+    const other = new Database(target.databasePath);
+    other.run("PRAGMA busy_timeout = 0");
+    const { credentialSeal } = target.services;
+    const seal: typeof credentialSeal = {
+      ...credentialSeal,
+      account: (row) => {
+        if (row.id === at) other.run(statement, values);
+        return credentialSeal.account(row);
+      },
+    };
+    return { seal, close: () => other.close() };
+  }
+
   function startAgain(target: TestApp) {
     return startOn(target.databasePath, { AUDIT_SECRET_KEY: target.config.audit.secretKey });
   }
@@ -1142,54 +1160,6 @@ describe("rows stored before normalisation", () => {
     }
   });
 
-  test("the rows are read for one that fails its seal outside the parts' write transactions: another process writes meanwhile (probe 93c F1)", () => {
-    const target = app();
-    const sqlite = target.db.$client;
-    insertSealed(
-      target,
-      "00000000-0000-7000-8000-00000000000a",
-      "STRA\u1e9eE@example.com",
-      "stra\u00dfe@example.com",
-    );
-    insertSealed(
-      target,
-      "00000000-0000-7000-8000-00000000000c",
-      "bystander@example.com",
-      "bystander@example.com",
-    );
-    sqlite.run(
-      `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
-       VALUES ('forged', 'forged@example.com', 'forged@example.com', 'x', 'user', 'x', 1, 1)`,
-    );
-    // Another connection, as another process, that waits for no lock: it writes while the scan
-    // reads the bystander's row, which only the scan reads.
-    const other = new Database(target.databasePath);
-    other.run("PRAGMA busy_timeout = 0");
-    const writes: string[] = [];
-    const { credentialSeal } = target.services;
-    const watching: typeof credentialSeal = {
-      ...credentialSeal,
-      account: (row) => {
-        if (row.id === "00000000-0000-7000-8000-00000000000c") {
-          other.run("UPDATE users SET updated_at = updated_at + 1 WHERE id = 'forged'");
-          writes.push("written");
-        }
-        return credentialSeal.account(row);
-      },
-    };
-    try {
-      const refolded = refoldEmailKeys(target.db, watching);
-      expect(writes).toEqual(["written"]);
-      expect(refolded).toEqual({
-        collides: [],
-        heldByTampered: ["00000000-0000-7000-8000-00000000000a"],
-        blockedBy: ["forged"],
-      });
-    } finally {
-      other.close();
-    }
-  });
-
   test("a row stored before normalisation is not given its address while an account row does not match its seal: that row may be the holder, its key moved away (as probe 93a F1)", async () => {
     const target = app();
     const sqlite = target.db.$client;
@@ -1239,24 +1209,18 @@ describe("rows stored before normalisation", () => {
     insertSealed(target, free, "GRO\u1e9eE@example.com", "gro\u00dfe@example.com");
     insertSealed(target, bystander, "bystander@example.com", "bystander@example.com");
     // Another process moves the holder's key away while that read is under way.
-    const other = new Database(target.databasePath);
-    other.run("PRAGMA busy_timeout = 0");
-    const { credentialSeal } = target.services;
-    const moving: typeof credentialSeal = {
-      ...credentialSeal,
-      account: (row) => {
-        if (row.id === bystander) {
-          other.run("UPDATE users SET email_key = 'strasse@example.com.x' WHERE id = ?", [holder]);
-        }
-        return credentialSeal.account(row);
-      },
-    };
+    const moving = sealWritingAt(
+      target,
+      bystander,
+      "UPDATE users SET email_key = 'strasse@example.com.x' WHERE id = ?",
+      holder,
+    );
     try {
       // Held when it looked: the address is not the left account's to take.
-      const refolded = refoldEmailKeys(target.db, moving);
+      const refolded = refoldEmailKeys(target.db, moving.seal);
       expect(refolded).toEqual({ collides: [left], heldByTampered: [], blockedBy: [] });
     } finally {
-      other.close();
+      moving.close();
     }
     const keyOf = (id: string) =>
       (sqlite.query("SELECT email_key AS k FROM users WHERE id = ?").get(id) as { k: string }).k;
@@ -1279,26 +1243,22 @@ describe("rows stored before normalisation", () => {
     // One whose address no row holds: the start reads every account for one failing its seal.
     insertSealed(target, free, "Free@EXAMPLE.com", null);
     insertSealed(target, bystander, "bystander@example.com", "bystander@example.com");
-    const other = new Database(target.databasePath);
-    other.run("PRAGMA busy_timeout = 0");
-    const { credentialSeal } = target.services;
-    const moving: typeof credentialSeal = {
-      ...credentialSeal,
-      account: (row) => {
-        if (row.id === bystander) {
-          other.run("UPDATE users SET email_key = 'emile@example.com.x' WHERE id = ?", [holder]);
-        }
-        return credentialSeal.account(row);
-      },
-    };
+    const moving = sealWritingAt(
+      target,
+      bystander,
+      "UPDATE users SET email_key = 'emile@example.com.x' WHERE id = ?",
+      holder,
+    );
     // The auth service as a start builds it, with a seal that lets the other process write.
     const options = (target.services.auth as unknown as { options: object }).options;
     try {
-      new AuthService({ ...options, seal: moving, prepareLogin: false } as ConstructorParameters<
-        typeof AuthService
-      >[0]);
+      new AuthService({
+        ...options,
+        seal: moving.seal,
+        prepareLogin: false,
+      } as ConstructorParameters<typeof AuthService>[0]);
     } finally {
-      other.close();
+      moving.close();
     }
     const keyOf = (id: string) =>
       (
@@ -1310,7 +1270,7 @@ describe("rows stored before normalisation", () => {
     expect(keyOf(free)).toBe("free@example.com");
   });
 
-  test("with nothing to move, the refold holds no write lock: another process writes at every step (probe 93g F3)", () => {
+  test("the rows are read for one that fails its seal, and with nothing to move the refold holds no write lock: another process writes at every step (probes 93c F1, 93g F3)", () => {
     const target = app();
     const sqlite = target.db.$client;
     const waiting = "00000000-0000-7000-8000-00000000000a";
