@@ -125,6 +125,30 @@ export function inWriteParts<T>(
 
 type SealedRow = Parameters<CredentialSeal["account"]>[0] & { seal: string | null };
 
+/** An account's sealed columns, as the seal reads them. */
+const SEALED_ACCOUNTS =
+  "SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal FROM users";
+
+/** The rows whose key an earlier release folded once (holding `ß`), through the partial index. */
+function foldedOnceRows(db: AppDatabase): SealedRow[] {
+  return db.$client
+    .query<SealedRow, []>(
+      `${SEALED_ACCOUNTS} INDEXED BY users_key_folds_again WHERE instr(email_key, 'ß') > 0`,
+    )
+    .all();
+}
+
+/** The addresses of the rows stored before normalisation (no key), as registration checks them. */
+function* unkeyedAddresses(db: AppDatabase): Generator<string> {
+  const rows = db.$client.query<{ email: unknown }, []>(
+    "SELECT email FROM users WHERE email_key IS NULL",
+  );
+  for (const { email } of rows.iterate()) {
+    const verdict = typeof email === "string" ? checkEmail(email) : null;
+    if (verdict?.ok) yield verdict.key;
+  }
+}
+
 /**
  * What the refold decides on one look, writing nothing: for each row whose key was folded once
  * and that matches its seal, whether its address is held (by a row that matches its seal:
@@ -145,17 +169,10 @@ function lookBeforeFolding(
   const heldByTampered: string[] = [];
   const blockedBy = new Set<string>();
   const moves: { id: string; from: string; to: string }[] = [];
-  const rows = db.$client
-    .query<SealedRow, []>(
-      `SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal
-       FROM users INDEXED BY users_key_folds_again WHERE instr(email_key, 'ß') > 0`,
-    )
-    .all();
+  const rows = foldedOnceRows(db);
   if (rows.length === 0) return { collides, heldByTampered, blockedBy, moves };
   const claimants = addressClaimants(db, rows);
-  const holderOf = db.$client.query<SealedRow, [string]>(
-    "SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal FROM users WHERE email_key = ?1",
-  );
+  const holderOf = db.$client.query<SealedRow, [string]>(`${SEALED_ACCOUNTS} WHERE email_key = ?1`);
   for (const row of rows) {
     // A row that does not match its seal is left exactly as it is (probe 92a F2, 92c F1).
     if (typeof row.emailKey !== "string" || !matches(row)) continue;
@@ -184,25 +201,12 @@ function lookBeforeFolding(
  */
 export function addressClaimants(
   db: AppDatabase,
-  foldedOnce?: readonly { emailKey: unknown }[],
+  foldedOnce: readonly { emailKey: unknown }[] = foldedOnceRows(db),
 ): Map<string, number> {
   const claimants = new Map<string, number>();
   const add = (key: string) => claimants.set(key, (claimants.get(key) ?? 0) + 1);
-  const keys =
-    foldedOnce ??
-    db.$client
-      .query<{ emailKey: unknown }, []>(
-        "SELECT email_key AS emailKey FROM users INDEXED BY users_key_folds_again WHERE instr(email_key, 'ß') > 0",
-      )
-      .all();
-  for (const { emailKey } of keys) if (typeof emailKey === "string") add(foldCase(emailKey));
-  const unkeyed = db.$client.query<{ email: unknown }, []>(
-    "SELECT email FROM users WHERE email_key IS NULL",
-  );
-  for (const { email } of unkeyed.iterate()) {
-    const verdict = typeof email === "string" ? checkEmail(email) : null;
-    if (verdict?.ok) add(verdict.key);
-  }
+  for (const { emailKey } of foldedOnce) if (typeof emailKey === "string") add(foldCase(emailKey));
+  for (const key of unkeyedAddresses(db)) add(key);
   return claimants;
 }
 
@@ -216,11 +220,8 @@ const NAMED_ID_LENGTH = 64;
  * sees.
  */
 export function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal): string | null {
-  const rows = db.$client.query<Parameters<CredentialSeal["account"]>[0] & { seal: unknown }, []>(
-    "SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal FROM users",
-  );
-  for (const row of rows.iterate()) {
-    if (typeof row.id !== "string" || !sealMatches(seal.account(row), row.seal as string | null)) {
+  for (const row of db.$client.query<SealedRow, []>(SEALED_ACCOUNTS).iterate()) {
+    if (typeof row.id !== "string" || !sealMatches(seal.account(row), row.seal)) {
       return spellOut(row.id, NAMED_ID_LENGTH);
     }
   }
@@ -228,22 +229,14 @@ export function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal
 }
 
 /**
- * The rows stored before normalisation (no key) whose address normalises to `key`: a start leaves
- * them aside while another such row, or a key folded once, would take it too (probe 93g F2), and
- * they hold the address meanwhile, as `unfoldedKeysFoldingTo`'s rows do. Read by the key index
- * (few rows have none).
+ * Whether a row stored before normalisation (no key) has an address that normalises to `key`: a
+ * start leaves such rows aside while another such row, or a key folded once, would take it too
+ * (probe 93g F2), and they hold the address meanwhile, as `unfoldedKeysFoldingTo`'s rows do. Read
+ * by the key index (few rows have none).
  */
-export function unkeyedRowsNormalisingTo(db: AppDatabase, key: string): string[] {
-  return db.$client
-    .query<{ id: unknown; email: unknown }, []>(
-      "SELECT id, email FROM users WHERE email_key IS NULL",
-    )
-    .all()
-    .filter(({ email }) => {
-      const verdict = typeof email === "string" ? checkEmail(email) : null;
-      return verdict?.ok === true && verdict.key === key;
-    })
-    .map(({ id }) => spellOut(id, NAMED_ID_LENGTH));
+export function unkeyedRowHolds(db: AppDatabase, key: string): boolean {
+  for (const address of unkeyedAddresses(db)) if (address === key) return true;
+  return false;
 }
 
 /**

@@ -78,7 +78,7 @@ import {
   inWriteParts,
   refoldEmailKeys,
   unfoldedKeysFoldingTo,
-  unkeyedRowsNormalisingTo,
+  unkeyedRowHolds,
 } from "./email-keys";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
@@ -532,7 +532,7 @@ export class AuthService {
     // too hold it (probe 93g F2: none of them takes it, and neither may a newcomer). Read before
     // the write transaction: only a start changes them, and all of them are read (93h F3: inside
     // it, 100,000 such rows held the lock 0.5 s a registration).
-    const heldUnkeyed = unkeyedRowsNormalisingTo(this.db, key).length > 0;
+    const heldUnkeyed = unkeyedRowHolds(this.db, key);
     const duplicate = () => {
       // An address that reads as an account's (`рау` in Cyrillic beside `pay`, either registered
       // first) is taken, answered as the same address is (probe 90b F2). The reading is the one
