@@ -36,7 +36,7 @@ import { recordServedProfile } from "./db/served-profile";
 import { namedFirstLine } from "./error-line";
 import { createLogger } from "./logging/logger";
 import { AuditKeys } from "./plugins/audit/chain";
-import { keyFileMissingFor, keyFileMissingMessage } from "./plugins/audit/key-file-look";
+import { refuseKeyBesideKeyedLog } from "./plugins/audit/key-file-look";
 import { assertAuditKeyMatchesBeforeMigrating, NEW_LOG_KEYED } from "./plugins/audit/key-match";
 import {
   listenForMetrics,
@@ -120,16 +120,8 @@ try {
 
 let config: ReturnType<typeof loadConfig>;
 try {
-  config = loadConfig(environment, { developmentKey: "if there" });
-  const keyFile = config.audit.developmentKeyFile;
-  if (keyFile !== null && !config.audit.developmentKeyOnDisk) {
-    // No development key made beside a log written with another (probe 93a F3), as the CLI.
-    const keyFileMissing = keyFileMissingFor(config.databasePath);
-    if (keyFileMissing !== null) {
-      throw new ConfigError("AUDIT_SECRET_KEY", keyFileMissingMessage(keyFileMissing, keyFile));
-    }
-    config = loadConfig(environment);
-  }
+  // No development key made beside a log written with another (probe 93a F3), as the CLI.
+  config = loadConfig(environment, { beforeMakingDevelopmentKey: refuseKeyBesideKeyedLog });
 } catch (error) {
   if (error instanceof ConfigError) fail(`refusing to start: ${error.message}`);
   throw error;

@@ -29,7 +29,7 @@ import { namedFirstLine } from "../error-line";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
 import { AuditKeys } from "../plugins/audit/chain";
-import { keyFileMissingFor, keyFileMissingMessage } from "../plugins/audit/key-file-look";
+import { refuseKeyBesideKeyedLog } from "../plugins/audit/key-file-look";
 import { assertAuditKeyMatchesBeforeMigrating, holdsKeyedRows } from "../plugins/audit/key-match";
 import { createServices, type Services } from "../services";
 import { recordBeforeRefusing, upgradeSealing } from "../upgrade-sealing";
@@ -142,23 +142,12 @@ export async function runCli(
       // AUDIT_SECRET_KEY (probe 92c F4: the key made there failed every later command and start).
       if (config) return config;
       const servedDeployed = requireDatabaseFile();
-      // No key made beside a log written with another (probe 92g F3, 93a F3).
-      const keyFileMissing =
-        command.database !== "none" && servedDeployed === null
-          ? keyFileMissingFor(databasePathOf(env))
-          : null;
       const loaded = loadConfig(env, {
         developmentKey:
-          command.database === "none" || servedDeployed !== null || keyFileMissing !== null
-            ? "if there"
-            : "load or make",
+          command.database === "none" || servedDeployed !== null ? "if there" : "load or make",
+        // No key made beside a log written with another (probe 92g F3, 93a F3).
+        beforeMakingDevelopmentKey: refuseKeyBesideKeyedLog,
       });
-      if (keyFileMissing !== null && loaded.audit.developmentKeyFile !== null) {
-        throw new ConfigError(
-          "AUDIT_SECRET_KEY",
-          keyFileMissingMessage(keyFileMissing, loaded.audit.developmentKeyFile),
-        );
-      }
       // Without AUDIT_SECRET_KEY there is no key its log is written with here: read with one made
       // for this run, every row showed as changed in the file (probe 92e F4), and a development
       // key file beside it is none either (92f F2: one made there, or left, did the same).

@@ -190,6 +190,11 @@ export interface LoadConfigOptions {
    * database and must make nothing beside a path that may be mistyped.
    */
   developmentKey?: "load or make" | "if there";
+  /**
+   * Asked before that key is made (its file is missing), with the database's path and the key
+   * file's: throws to refuse making it (audit/key-file-look: not beside a log keyed with another).
+   */
+  beforeMakingDevelopmentKey?: (databasePath: string, keyFile: string) => void;
 }
 
 const HTTP_PROTOCOLS = ["http:", "https:"] as const;
@@ -292,7 +297,11 @@ export function loadConfig(rawEnv: Environment, options: LoadConfigOptions = {})
   let developmentKeyOnDisk = false;
   if ((auditRaw === undefined || auditRaw === "") && !deployed && keyFile !== null) {
     developmentKeyFile = keyFile;
-    developmentKeyOnDisk = options.developmentKey === "if there" ? existsSync(keyFile) : true;
+    const onDisk = existsSync(keyFile);
+    if (!onDisk && options.developmentKey !== "if there") {
+      options.beforeMakingDevelopmentKey?.(databasePath, keyFile);
+    }
+    developmentKeyOnDisk = options.developmentKey === "if there" ? onDisk : true;
     auditSecret = developmentKeyOnDisk ? loadOrCreateDevelopmentKey(keyFile) : generateSecret();
   } else {
     auditSecret = signingKey("AUDIT_SECRET_KEY");
