@@ -33,6 +33,33 @@ export const CHAT_ROWS_AHEAD_PART = 1_000;
 /** HMACs an erasure's part ahead of it spends at most finding conversations to give back. */
 export const RECLAIM_PART_HMACS = 2_000;
 
+/**
+ * Deletes `owners`' chat rows a part at a time (CHAT_ROWS_AHEAD_PART) at each call, true once they
+ * are gone. Bounded by the parts the rows there take now, twice over (turns still made meanwhile,
+ * an owner's part ending early), and a few: a trigger written into the file that puts back each
+ * row deleted had an erasure go on for ever, a part every 20 ms (probe 60c F7). `doing` names the
+ * work in that error.
+ */
+function chatDeletedInParts(
+  service: ChatService,
+  owners: readonly ChatOwner[],
+  doing: string,
+): () => boolean {
+  const partsAllowed = 2 * service.chatPartsOf(owners, CHAT_ROWS_AHEAD_PART) + owners.length + 2;
+  let parts = 0;
+  let next = 0;
+  return () => {
+    if (next >= owners.length) return true;
+    if (parts++ >= partsAllowed) {
+      throw new Error(
+        `${doing} took ${partsAllowed} parts and the chat rows are not all gone: rows keep coming back (a trigger written into the database file?)`,
+      );
+    }
+    next = service.eraseSomeChat(owners, next, CHAT_ROWS_AHEAD_PART);
+    return next >= owners.length;
+  };
+}
+
 export function chatContributor(service: ChatService): PrivacyContributor {
   // The conversations each erasure's parts ahead found failing their seal and gave to no owner,
   // for its transaction to try against the keys only it finds; dropped by the transaction.
@@ -50,12 +77,9 @@ export function chatContributor(service: ChatService): PrivacyContributor {
       const failing: FailingConversation[] = [];
       failingOf.delete(userId);
       let reclaimFrom: string | null = null;
-      let reclaiming = true;
-      let partsAllowed = 0;
-      let parts = 0;
-      let next = 0;
+      let deleteChat: (() => boolean) | null = null;
       return () => {
-        if (reclaiming) {
+        if (deleteChat === null) {
           const part = service.reclaimSealedTo(
             owners,
             reclaimFrom,
@@ -65,20 +89,10 @@ export function chatContributor(service: ChatService): PrivacyContributor {
           failing.push(...part.failing);
           reclaimFrom = part.next;
           if (reclaimFrom !== null) return false;
-          reclaiming = false;
           if (failing.length > 0) failingOf.set(userId, failing);
-          // The parts the rows there now take, twice over (turns the user still makes meanwhile,
-          // an owner's part ending early), and a few: a trigger written into the file that puts
-          // back each row deleted had the erasure go on for ever, a part every 20 ms (probe 60c F7).
-          partsAllowed = 2 * service.chatPartsOf(owners, CHAT_ROWS_AHEAD_PART) + owners.length + 2;
+          deleteChat = chatDeletedInParts(service, owners, "an erasure's parts ahead of it");
         }
-        if (parts++ >= partsAllowed) {
-          throw new Error(
-            `an erasure's parts ahead of it took ${partsAllowed} parts and the chat rows are not all gone: rows keep coming back (a trigger written into the database file?)`,
-          );
-        }
-        next = service.eraseSomeChat(owners, next, CHAT_ROWS_AHEAD_PART);
-        return next >= owners.length;
+        return deleteChat();
       };
     },
     erase: (userId, { actors }) => {
@@ -91,10 +105,12 @@ export function chatContributor(service: ChatService): PrivacyContributor {
     retain: (now) => service.retain(now),
     erasedRemains: (erased) => {
       const owners = service.erasedOwners(erased);
-      const partsAllowed =
-        2 * service.chatPartsOf(owners, CHAT_ROWS_AHEAD_PART) + owners.length + 2;
-      let parts = 0;
-      let next = 0;
+      const deleteChat = chatDeletedInParts(
+        service,
+        owners,
+        "deleting the chat rows of erased principals",
+      );
+      let chatGone = false;
       // And messages put back without their conversation (probe 93c F3): whoever's they were.
       const unowned = service.holdsUnownedMessages();
       let unownedAfter: string | null = null;
@@ -109,13 +125,8 @@ export function chatContributor(service: ChatService): PrivacyContributor {
             unownedDone = part.next === null;
             return false;
           }
-          if (parts++ >= partsAllowed) {
-            throw new Error(
-              `deleting the chat rows of erased principals took ${partsAllowed} parts and they are not all gone: rows keep coming back (a trigger written into the database file?)`,
-            );
-          }
-          if (next < owners.length) {
-            next = service.eraseSomeChat(owners, next, CHAT_ROWS_AHEAD_PART);
+          if (!chatGone) {
+            chatGone = deleteChat();
             return false;
           }
           // What is left: their usage rows, and any conversation written since.
