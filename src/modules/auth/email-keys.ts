@@ -6,7 +6,7 @@
  * round (probe 91i F4). Such keys are the ones holding `ß` (no folded key holds it now), found
  * through a partial index so that a start does not read every account.
  */
-import { and, eq, sql } from "drizzle-orm";
+import { and, asc, eq, isNull, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { sealMatches } from "../../db/row-seal";
 import { users } from "../../db/schema";
@@ -106,11 +106,7 @@ const PART_PAUSE_MS = 10;
  * write (probe 93h F2: parts back to back, the running service's writes waited out their 50 ms and
  * failed).
  */
-export function inWriteParts<T>(
-  db: AppDatabase,
-  items: readonly T[],
-  write: (item: T) => void,
-): void {
+function inWriteParts<T>(db: AppDatabase, items: readonly T[], write: (item: T) => void): void {
   for (let at = 0; at < items.length; at += REFOLD_PART) {
     if (at > 0) Bun.sleepSync(PART_PAUSE_MS);
     const part = items.slice(at, at + REFOLD_PART);
@@ -138,15 +134,104 @@ function foldedOnceRows(db: AppDatabase): SealedRow[] {
     .all();
 }
 
-/** The addresses of the rows stored before normalisation (no key), as registration checks them. */
-function* unkeyedAddresses(db: AppDatabase): Generator<string> {
-  const rows = db.$client.query<{ email: unknown }, []>(
-    "SELECT email FROM users WHERE email_key IS NULL",
+/**
+ * The rows stored before normalisation (no key), each with its address's key as registration
+ * checks it; a row whose address is none (not text, not an address) is left out: it claims none.
+ */
+function* unkeyedRows(db: AppDatabase): Generator<{ id: unknown; email: unknown; key: string }> {
+  const rows = db.$client.query<{ id: unknown; email: unknown }, []>(
+    "SELECT id, email FROM users WHERE email_key IS NULL",
   );
-  for (const { email } of rows.iterate()) {
+  for (const { id, email } of rows.iterate()) {
     const verdict = typeof email === "string" ? checkEmail(email) : null;
-    if (verdict?.ok) yield verdict.key;
+    if (verdict?.ok) yield { id, email, key: verdict.key };
   }
+}
+
+/**
+ * Rows stored before addresses were normalised have no `email_key`. Each gets its normalised
+ * address and key now; a row whose address is invalid under today's rules, collapses onto an
+ * address another account already holds, or that another such row (or a key folded once) would
+ * take too, is set aside (key left null: it can no longer sign in by email; `setAside`) until an
+ * operator resolves it. Decided, as the refold is, on one look in one read snapshot, and no address
+ * is given while an account row fails its seal (probe 93a F1: the holder's key moved away in the
+ * file; those rows are `waiting`, on the row `blockedBy` names); then write parts give what it
+ * decided, each row checked again as the look saw it, so processes starting together do it once.
+ */
+export function normaliseUnkeyedRows(
+  db: AppDatabase,
+  seal: CredentialSeal,
+): { setAside: string[]; waiting: string[]; blockedBy: string | null } {
+  const setAside: string[] = [];
+  const holds = db.$client.query<{ id: unknown }, [string]>(
+    "SELECT id FROM users WHERE email_key = ?1",
+  );
+  const { moves, firstTampered } = db.$client
+    .transaction(() => {
+      const moves: { row: (typeof rows)[number]; email: string; key: string }[] = [];
+      const rows = db
+        .select(sealedAccountColumns)
+        .from(users)
+        .where(isNull(users.emailKey))
+        .orderBy(asc(users.id))
+        .all();
+      if (rows.length === 0) return { moves, firstTampered: null };
+      const claimants = addressClaimants(db);
+      for (const row of rows) {
+        // A value read from the file may be anything: a BLOB written there stopped every start
+        // with a TypeError that named no row (probe 79c F2). It is no valid address.
+        const verdict = typeof row.email === "string" ? checkEmail(row.email) : null;
+        // Held by another row, even one written into the file: left aside (its key null), which
+        // the next start undoes once the holder is gone; taking the key from a tampered holder
+        // made that tamper's undoing fail for good (probe 92c F1). Wanted by another row stored
+        // so, or by a key folded once: none takes it (probe 93g F2: the oldest by `created_at`,
+        // which no seal covers, took it, and someone with the file chose which).
+        if (
+          verdict === null ||
+          !verdict.ok ||
+          holds.get(verdict.key) !== null ||
+          (claimants.get(verdict.key) ?? 0) > 1
+        ) {
+          setAside.push(row.id);
+          continue;
+        }
+        moves.push({ row, email: verdict.email, key: verdict.key });
+      }
+      return {
+        moves,
+        firstTampered: moves.length > 0 ? firstAccountFailingItsSeal(db, seal) : null,
+      };
+    })
+    .deferred();
+  if (firstTampered !== null) {
+    return { setAside, waiting: moves.map(({ row }) => row.id), blockedBy: firstTampered };
+  }
+  // In parts with a pause between two, as the refold (probe 93h F1: 100,000 rows in one
+  // transaction held the write lock 13 s; the running service answered 503 and a process starting
+  // beside it exited).
+  inWriteParts(db, moves, ({ row, email, key }) => {
+    const now = db.select(sealedAccountColumns).from(users).where(eq(users.id, row.id)).get();
+    // Given its address by another process starting beside this one: done (93h F5).
+    if (now?.emailKey === key) return;
+    // Changed since the look, or its address taken meanwhile: left aside.
+    if (
+      now === undefined ||
+      now.emailKey !== null ||
+      now.email !== row.email ||
+      holds.get(key) !== null
+    ) {
+      setAside.push(row.id);
+      return;
+    }
+    const intact = seal.intact.account(now);
+    const address = { email, emailKey: key };
+    // Resealed only if it was sealed as it stood: a row written into the file stays refused.
+    db.update(users)
+      .set(intact ? { ...address, seal: seal.account({ ...now, ...address }) } : address)
+      .where(eq(users.id, row.id))
+      .run();
+  });
+  return { setAside, waiting: [], blockedBy: null };
 }
 
 /**
@@ -199,14 +284,14 @@ function lookBeforeFolding(
  * registration checks it. Counted whether or not they match their seals, as registration counts
  * them.
  */
-export function addressClaimants(
+function addressClaimants(
   db: AppDatabase,
   foldedOnce: readonly { emailKey: unknown }[] = foldedOnceRows(db),
 ): Map<string, number> {
   const claimants = new Map<string, number>();
   const add = (key: string) => claimants.set(key, (claimants.get(key) ?? 0) + 1);
   for (const { emailKey } of foldedOnce) if (typeof emailKey === "string") add(foldCase(emailKey));
-  for (const key of unkeyedAddresses(db)) add(key);
+  for (const { key } of unkeyedRows(db)) add(key);
   return claimants;
 }
 
@@ -219,7 +304,7 @@ const NAMED_ID_LENGTH = 64;
  * fails it; an erased account's row copied back whole holds its own key, which the holder check
  * sees.
  */
-export function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal): string | null {
+function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal): string | null {
   for (const row of db.$client.query<SealedRow, []>(SEALED_ACCOUNTS).iterate()) {
     if (typeof row.id !== "string" || !sealMatches(seal.account(row), row.seal)) {
       return spellOut(row.id, NAMED_ID_LENGTH);
@@ -235,8 +320,20 @@ export function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal
  * by the key index (few rows have none).
  */
 export function unkeyedRowHolds(db: AppDatabase, key: string): boolean {
-  for (const address of unkeyedAddresses(db)) if (address === key) return true;
+  for (const row of unkeyedRows(db)) if (row.key === key) return true;
   return false;
+}
+
+/** Those rows themselves, for an operator naming the address (AuthService `setAsideAlike`). */
+export function unkeyedRowsClaiming(
+  db: AppDatabase,
+  key: string,
+): { id: unknown; email: unknown }[] {
+  const claiming: { id: unknown; email: unknown }[] = [];
+  for (const row of unkeyedRows(db)) {
+    if (row.key === key) claiming.push({ id: row.id, email: row.email });
+  }
+  return claiming;
 }
 
 /**

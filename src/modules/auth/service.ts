@@ -52,7 +52,7 @@ import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
 import type { Role } from "../../plugins/auth/principal";
 import type { CredentialSeal } from "../../plugins/auth/seal";
-import { sealedAccountColumns, sealedFamilyColumns } from "../../plugins/auth/sealed-columns";
+import { sealedFamilyColumns } from "../../plugins/auth/sealed-columns";
 import {
   generateRefreshToken,
   type SigningKey,
@@ -71,14 +71,13 @@ import { MINUTE_MS, type Policy } from "../../plugins/rate-limit/policies";
 import type { LimiterStore } from "../../plugins/rate-limit/store";
 import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
-import { checkEmail, emailLookupKey, foldCase, MAX_EMAIL_LENGTH } from "./email";
+import { checkEmail, emailLookupKey, foldCase } from "./email";
 import {
-  addressClaimants,
-  firstAccountFailingItsSeal,
-  inWriteParts,
+  normaliseUnkeyedRows,
   refoldEmailKeys,
   unfoldedKeysFoldingTo,
   unkeyedRowHolds,
+  unkeyedRowsClaiming,
 } from "./email-keys";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
@@ -395,86 +394,10 @@ export class AuthService {
     return this.dummyHash;
   }
 
-  /**
-   * Rows stored before addresses were normalised have no `email_key`. Each gets its normalised
-   * address and key now; a row whose address is invalid under today's rules, collapses onto an
-   * address another account already holds, or that another such row (or a key folded once) would
-   * take too, is set aside (key left null: it can no longer sign in by email) and reported on every
-   * start until an operator resolves it. Decided, as the refold is (email-keys.ts), on one look in
-   * one read snapshot, and no address is given while an account row fails its seal (probe 93a F1:
-   * the holder's key moved away in the file); then one immediate transaction writes what it
-   * decided, each row checked again as the look saw it, so processes starting together do it once.
-   */
+  /** Rows stored before addresses were normalised, given their keys (email-keys.ts). */
   private reconcileEmailKeys(): void {
     const { logger, seal } = this.options;
-    const db = this.db;
-    const setAside: string[] = [];
-    const waiting: string[] = [];
-    const { moves, firstTampered } = db.$client
-      .transaction(() => {
-        const moves: { row: (typeof rows)[number]; email: string; key: string }[] = [];
-        const rows = db
-          .select(sealedAccountColumns)
-          .from(users)
-          .where(isNull(users.emailKey))
-          .orderBy(asc(users.id))
-          .all();
-        if (rows.length === 0) return { moves, firstTampered: null };
-        const claimants = addressClaimants(db);
-        for (const row of rows) {
-          // A value read from the file may be anything: a BLOB written there stopped every start
-          // with a TypeError that named no row (probe 79c F2). It is no valid address.
-          const verdict = typeof row.email === "string" ? checkEmail(row.email) : null;
-          // Held by another row, even one written into the file: left aside (its key null), which
-          // the next start undoes once the holder is gone; taking the key from a tampered holder
-          // made that tamper's undoing fail for good (probe 92c F1). Wanted by another row stored
-          // so, or by a key folded once: none takes it (probe 93g F2: the oldest by `created_at`,
-          // which no seal covers, took it, and someone with the file chose which).
-          if (
-            verdict === null ||
-            !verdict.ok ||
-            this.statements.userByEmail.get({ value: verdict.key }) ||
-            (claimants.get(verdict.key) ?? 0) > 1
-          ) {
-            setAside.push(row.id);
-            continue;
-          }
-          moves.push({ row, email: verdict.email, key: verdict.key });
-        }
-        return {
-          moves,
-          firstTampered: moves.length > 0 ? firstAccountFailingItsSeal(db, seal) : null,
-        };
-      })
-      .deferred();
-    if (firstTampered !== null) waiting.push(...moves.map(({ row }) => row.id));
-    // In parts with a pause between two, as the refold (probe 93h F1: 100,000 rows in one
-    // transaction held the write lock 13 s; the running service answered 503 and a process
-    // starting beside it exited).
-    else {
-      inWriteParts(db, moves, ({ row, email, key }) => {
-        const now = db.select(sealedAccountColumns).from(users).where(eq(users.id, row.id)).get();
-        // Given its address by another process starting beside this one: done (93h F5).
-        if (now?.emailKey === key) return;
-        // Changed since the look, or its address taken meanwhile: left aside.
-        if (
-          now === undefined ||
-          now.emailKey !== null ||
-          now.email !== row.email ||
-          this.statements.userByEmail.get({ value: key })
-        ) {
-          setAside.push(row.id);
-          return;
-        }
-        const intact = seal.intact.account(now);
-        const address = { email, emailKey: key };
-        // Resealed only if it was sealed as it stood: a row written into the file stays refused.
-        db.update(users)
-          .set(intact ? { ...address, seal: seal.account({ ...now, ...address }) } : address)
-          .where(eq(users.id, row.id))
-          .run();
-      });
-    }
+    const { setAside, waiting, blockedBy } = normaliseUnkeyedRows(this.db, seal);
     if (setAside.length > 0) {
       logger.warn(
         accountsNamed(setAside),
@@ -483,7 +406,7 @@ export class AuthService {
     }
     if (waiting.length > 0) {
       logger.error(
-        { ...accountsNamed(waiting), rows: [firstTampered] },
+        { ...accountsNamed(waiting), rows: [blockedBy] },
         "accounts stored before email normalisation are left unnormalised while an account row does not match its seal (written into the database file: it may hold, or have held, their address; `rows` names it, db:verify names every such row); they cannot sign in by email until that row is put right (restore the file from a backup) or removed; the next start normalises them",
       );
     }
@@ -1263,29 +1186,23 @@ export class AuthService {
    */
   setAsideAlike(email: string): { id: string; email: unknown }[] {
     const key = emailLookupKey(email);
-    const setAside = this.db
-      .select({ id: users.id, email: users.email })
-      .from(users)
-      .where(isNull(users.emailKey))
-      .all()
-      .filter(
-        (row) =>
-          typeof row.email === "string" &&
-          row.email.length <= MAX_EMAIL_LENGTH &&
-          emailLookupKey(row.email) === key,
-      );
+    // The rows the start and registration count as claiming the address (checked as registration
+    // checks an address), not another reading of it.
+    const setAside = unkeyedRowsClaiming(this.db, key);
     // And those a start left on a key folded once, whose address another account holds (probe
     // 92g F1): the same address, which either may be meant by. Only accounts that match their
     // seals: a row written into the file is no account an operator may mean, and blocked the
     // address for good (92g F2).
     const { seal } = this.options;
-    return [...setAside, ...unfoldedKeysFoldingTo(this.db, key)].filter((candidate) => {
-      const row =
-        typeof candidate.id === "string"
-          ? this.statements.userById.get({ value: candidate.id })
-          : undefined;
-      return row !== undefined && sealMatches(seal.account(row), row.seal);
-    });
+    const intact: { id: string; email: unknown }[] = [];
+    for (const candidate of [...setAside, ...unfoldedKeysFoldingTo(this.db, key)]) {
+      if (typeof candidate.id !== "string") continue;
+      const row = this.statements.userById.get({ value: candidate.id });
+      if (row !== undefined && sealMatches(seal.account(row), row.seal)) {
+        intact.push({ id: candidate.id, email: candidate.email });
+      }
+    }
+    return intact;
   }
 
   private asOperatorSees(row: UserRow): OperatorAccount {
