@@ -428,6 +428,14 @@ async function pastKeptError(
 /** Why a new intent's answer is not trusted: it names a payment the ledger holds otherwise. */
 export const INTENT_OF_ANOTHER_PAYMENT = "payment intent of another payment";
 
+/** An answer without a refund, as an audit row names it: its kind, never Stripe's text. */
+function reasonOf(outcome: RefundOutcome): string {
+  if ("ok" in outcome && outcome.reason === UNDECIDED_NOT_THAT_REFUND) {
+    return "undecided_not_that_refund";
+  }
+  return outcome.kind;
+}
+
 /** Why a refund is refused while an undecided one's key lists another refund (settleUndecided). */
 export const UNDECIDED_NOT_THAT_REFUND = "undecided refund not that refund";
 
@@ -445,8 +453,15 @@ export class PaymentService {
   private readonly dailyIntents: number;
   /** Per payment, a refund's ledger write that waits for the database lock (writeOrWait). */
   private readonly refundWrites = new WaitingWrites(RECORD_RETRY_MS);
-  /** The requests whose refund this process has audited as asked for, until it is answered. */
-  private readonly refundsAsked = new WeakSet<ActingRequest>();
+  /**
+   * The requests whose refund this process has audited as asked for, until they are answered:
+   * whether Stripe was asked to make it (`sent`), and the refunds audited as made in the request
+   * (`payment.refund`), so that every `requested` row ends in a row saying what came of it.
+   */
+  private readonly refundTrails = new WeakMap<
+    ActingRequest,
+    { sent: boolean; audited: Set<string> }
+  >();
   /** Per owner's key (unrecordedKey), the give-back of a failed intent's claim that waits for it. */
   private readonly releases = new WaitingWrites(RECORD_RETRY_MS);
   /**
@@ -1041,37 +1056,61 @@ export class PaymentService {
     acting: ActingRequest,
     idempotencyKey?: string,
   ): Promise<RefundOutcome> {
+    let outcome: RefundOutcome;
     try {
-      const outcome = await this.refundOnce(id, amount, acting, idempotencyKey);
-      if (this.refundsAsked.has(acting) && outcome.kind !== "refunded") {
-        this.auditRefundNotMade(acting, id, outcome);
+      outcome = await this.refundOnce(id, amount, acting, idempotencyKey);
+    } catch (error) {
+      // A lock past its wait (probe 94b F2), or anything else: the request's row still ends.
+      const trail = this.refundTrails.get(acting);
+      this.refundTrails.delete(acting);
+      if (trail) {
+        const reason = isDatabaseBusy(error) ? "database_busy" : "error";
+        this.auditRefundUnmade(acting, id, trail.sent ? "undecided" : "not_made", reason);
+      }
+      throw error;
+    }
+    const trail = this.refundTrails.get(acting);
+    this.refundTrails.delete(acting);
+    if (trail === undefined) return outcome;
+    if (outcome.kind === "refunded") {
+      // Answered with a refund an earlier request made and had audited (a retry of one found
+      // made): this request made none, and says which it was answered with (probe 94b F1).
+      if (!trail.audited.has(outcome.refund.id)) {
+        this.auditRefundUnmade(acting, id, "not_made", "earlier_refund_answered", {
+          refundId: outcome.refund.id,
+        });
       }
       return outcome;
-    } finally {
-      this.refundsAsked.delete(acting);
     }
+    // Stripe asked to make it and no answer it can be told by (a server error, a timeout, an
+    // answer of another shape): it may be made, and stays among the payment's undecided refunds,
+    // which the next refund of the payment settles (94b F1: audited as not made, Stripe had made it).
+    const undecided = trail.sent && "ok" in outcome && outcome.kind !== "refused";
+    this.auditRefundUnmade(acting, id, undecided ? "undecided" : "not_made", reasonOf(outcome));
+    return outcome;
   }
 
   /**
-   * A refund audited as asked for (`payment.refund.requested`) and answered without one: why, as
+   * A refund audited as asked for (`payment.refund.requested`) and answered without one it made:
+   * not made (`payment.refund.not_made`), or not known (`payment.refund.undecided`), and why, as
    * the answer's kind (never Stripe's text). Each retry blocked by an earlier refund wrote a
    * `requested` row and nothing after it (probe 92d: seven for one refund).
    */
-  private auditRefundNotMade(acting: ActingRequest, id: string, outcome: RefundOutcome): void {
-    const reason =
-      "ok" in outcome
-        ? outcome.reason === UNDECIDED_NOT_THAT_REFUND
-          ? "undecided_not_that_refund"
-          : outcome.kind
-        : outcome.kind;
+  private auditRefundUnmade(
+    acting: ActingRequest,
+    id: string,
+    what: "not_made" | "undecided",
+    reason: string,
+    more: Record<string, string> = {},
+  ): void {
     recordDone(this.audit, this.logger, {
-      type: "payment.refund.not_made",
+      type: what === "not_made" ? "payment.refund.not_made" : "payment.refund.undecided",
       outcome: "failure",
       actor: acting.actor,
       ip: acting.ip,
       route: acting.route,
       requestId: acting.requestId,
-      detail: { paymentId: id, reason },
+      detail: { paymentId: id, reason, ...more },
     });
   }
 
@@ -1157,6 +1196,8 @@ export class PaymentService {
     // This refund's claim: its end clears only this claim, never one a later refund took.
     const claim = start.claimedAt;
 
+    const trail = this.refundTrails.get(acting);
+    if (trail) trail.sent = true;
     const { result } = await refundPastFailures(
       gateway,
       id,
@@ -1280,7 +1321,7 @@ export class PaymentService {
     // Written before Stripe is asked: a refund the audit log cannot record is not made (a
     // failure rolls the claim back). With the log refusing rows (its id sequence written past
     // 2^53), refunds went on, each with an error line alone, while a sign-in was refused.
-    this.refundsAsked.add(acting);
+    this.refundTrails.set(acting, { sent: false, audited: new Set() });
     this.audit.record({
       type: "payment.refund.requested",
       outcome: "info",
@@ -1494,6 +1535,11 @@ export class PaymentService {
       );
     } catch (error) {
       release();
+      // Stripe made them, whatever this process could write: audited now (queued while the
+      // database is locked), each once; the next refund of the payment records them in the ledger
+      // (probe 94b F2: a lock here left them audited by no one until a retry came).
+      for (const { entry, refund } of found)
+        this.auditRefund(acting, id, row.currency, refund, entry);
       throw error;
     }
     if (lapsed) {
@@ -1502,7 +1548,8 @@ export class PaymentService {
         "the refund's claim of the payment lapsed while Stripe's refunds were read; another refund holds it, and this one made nothing",
       );
     } else {
-      for (const { refund } of found) this.auditRefund(acting, id, row.currency, refund);
+      for (const { entry, refund } of found)
+        this.auditRefund(acting, id, row.currency, refund, entry);
     }
     if (next.kind === "answer") {
       if (next.outcome.kind === "too_much") release();
@@ -1654,8 +1701,10 @@ export class PaymentService {
     id: string,
     currency: string,
     refund: CreatedRefund,
+    foundFor?: UndecidedRefund,
   ): void {
     if (refund.replayed && this.refundAudited(refund.id)) return;
+    this.refundTrails.get(acting)?.audited.add(refund.id);
     recordDone(this.audit, this.logger, {
       type: "payment.refund",
       outcome: refund.status === "succeeded" ? "success" : "info",
@@ -1669,6 +1718,11 @@ export class PaymentService {
         amount: refund.amount,
         currency,
         status: refund.status,
+        // Found made by a later request, after the one that asked for it had no answer: when that
+        // one asked (its `payment.refund.undecided` row), which ties the two (probe 94b F1).
+        ...(foundFor !== undefined && foundFor.at > 0
+          ? { askedAt: new Date(foundFor.at).toISOString() }
+          : {}),
       },
     });
   }

@@ -59,8 +59,11 @@ export const AUDIT_EVENT_TYPES = [
   // made of it.
   "payment.refund.requested",
   "payment.refund",
-  // One asked for and answered without a refund (refused, undecided, blocked by an earlier one).
+  // One asked for and answered without a refund it made (refused, blocked by an earlier one,
+  // answered with an earlier one), or whose refund Stripe may have made and did not say
+  // (`undecided`: settled by the payment's next refund).
   "payment.refund.not_made",
+  "payment.refund.undecided",
   // An operator's clearing of a payment's refunds whose outcome Stripe never told (the CLI).
   "payment.refund.undecided_cleared",
   "payment.refunded",
