@@ -346,10 +346,11 @@ const DOT_ON_DOTTED = /(\p{Soft_Dotted})\u0307/gu;
 
 /**
  * Raised by a change in how readAsLatin or seenCharacters read a text other than the list's
- * entries (which are versioned by themselves): a stored reading's version is taken of both
- * (readingRulesText; modules/auth/readings.ts).
+ * entries (which are versioned by themselves), or in what a stored reading is taken of: a stored
+ * reading's version is taken of both (readingRulesText; modules/auth/readings.ts). 7: a row stored
+ * before normalisation is read by its normalised address (probe 94a F1).
  */
-const READING_CODE_REVISION = 6;
+const READING_CODE_REVISION = 7;
 
 /**
  * The reading's rules as text: Unicode's list and the hand-made one it is built from, and the

@@ -10,17 +10,12 @@ import { and, asc, eq, isNull, sql } from "drizzle-orm";
 import type { AppDatabase } from "../../db/client";
 import { sealMatches } from "../../db/row-seal";
 import { users } from "../../db/schema";
+import { inWriteParts } from "../../db/write-parts";
 import { spellOut } from "../../logging/spell-out";
 import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns } from "../../plugins/auth/sealed-columns";
-import { checkEmail, foldCase } from "./email";
-
-/**
- * Rows folded in one write transaction: another process starting on the file waits for one part,
- * never for all (probe 92a F4: 100,000 rows held the lock 6.4 s, and processes starting beside it
- * exited on the lock).
- */
-const REFOLD_PART = 500;
+import { checkEmail, foldCase, MAX_EMAIL_LENGTH } from "./email";
+import { storedReading } from "./readings";
 
 /**
  * Folds again every stored key a second fold changes, on rows that match their seal (resealed with
@@ -39,8 +34,8 @@ const REFOLD_PART = 500;
  * start after the file is put right folds. A holder deleted from the file is not seen (seals do
  * not cover a deletion; the account is gone with it). Seals are checked
  * without reporting: such rows are read at every start, and each report is an audit row (92c F5);
- * they are reported when they are used. In parts of `REFOLD_PART` rows, each an immediate
- * transaction, so processes starting together share the work.
+ * they are reported when they are used. In short write parts (db/write-parts.ts), so processes
+ * starting together share the work and a running service writes between two.
  */
 export function refoldEmailKeys(
   db: AppDatabase,
@@ -74,7 +69,7 @@ export function refoldEmailKeys(
     blockedBy.add(firstTampered);
     return { collides, heldByTampered, blockedBy: [...blockedBy] };
   }
-  inWriteParts(db, look.moves, (move) => {
+  inWriteParts(db.$client, look.moves, (move) => {
     const row = db.select(sealedAccountColumns).from(users).where(eq(users.id, move.id)).get();
     // Folded by another process starting beside this one: done (probe 93h F5).
     if (row?.emailKey === move.to) return;
@@ -97,28 +92,6 @@ export function refoldEmailKeys(
   return { collides, heldByTampered, blockedBy: [...blockedBy] };
 }
 
-/** The pause between two write parts, in which other processes take the lock (probe 93h F1, F2). */
-const PART_PAUSE_MS = 10;
-
-/**
- * `write` for each item, REFOLD_PART of them a write transaction, with a pause between two: a
- * start is synchronous, so the pause holds this process, and lets every other process on the file
- * write (probe 93h F2: parts back to back, the running service's writes waited out their 50 ms and
- * failed).
- */
-function inWriteParts<T>(db: AppDatabase, items: readonly T[], write: (item: T) => void): void {
-  for (let at = 0; at < items.length; at += REFOLD_PART) {
-    if (at > 0) Bun.sleepSync(PART_PAUSE_MS);
-    const part = items.slice(at, at + REFOLD_PART);
-    db.transaction(
-      () => {
-        for (const item of part) write(item);
-      },
-      { behavior: "immediate" },
-    );
-  }
-}
-
 type SealedRow = Parameters<CredentialSeal["account"]>[0] & { seal: string | null };
 
 /** An account's sealed columns, as the seal reads them. */
@@ -135,16 +108,36 @@ function foldedOnceRows(db: AppDatabase): SealedRow[] {
 }
 
 /**
- * The rows stored before normalisation (no key), each with its address's key as registration
- * checks it; a row whose address is none (not text, not an address) is left out: it claims none.
+ * The longest stored address read as one: NFKC can shorten a text (a Hangul syllable's three jamo
+ * compose to one), so rows stored before normalisation are read up to this many characters, not
+ * MAX_EMAIL_LENGTH; a longer value is no address (probe 94a F3: one of 15 MB held each
+ * registration 3–8 s, every request waiting on it).
  */
-function* unkeyedRows(db: AppDatabase): Generator<{ id: unknown; email: unknown; key: string }> {
-  const rows = db.$client.query<{ id: unknown; email: unknown }, []>(
-    "SELECT id, email FROM users WHERE email_key IS NULL",
+const UNKEYED_LONGEST = 4 * MAX_EMAIL_LENGTH;
+
+/** An address's key, as registration checks it; null when it is no address. */
+export type AddressKeyOf = (email: string) => string | null;
+
+export const addressKeyOf: AddressKeyOf = (email) => {
+  const verdict = checkEmail(email);
+  return verdict.ok ? verdict.key : null;
+};
+
+/**
+ * The rows stored before normalisation (no key), each with its address's key as registration
+ * checks it (`keyOf`); a row whose address is none (not text, longer than UNKEYED_LONGEST, not an
+ * address) is left out: it claims none.
+ */
+function* unkeyedRows(
+  db: AppDatabase,
+  keyOf: AddressKeyOf = addressKeyOf,
+): Generator<{ id: unknown; email: unknown; key: string }> {
+  const rows = db.$client.query<{ id: unknown; email: string }, [number]>(
+    "SELECT id, email FROM users WHERE email_key IS NULL AND typeof(email) = 'text' AND length(email) <= ?1",
   );
-  for (const { id, email } of rows.iterate()) {
-    const verdict = typeof email === "string" ? checkEmail(email) : null;
-    if (verdict?.ok) yield { id, email, key: verdict.key };
+  for (const { id, email } of rows.iterate(UNKEYED_LONGEST)) {
+    const key = keyOf(email);
+    if (key !== null) yield { id, email, key };
   }
 }
 
@@ -180,7 +173,10 @@ export function normaliseUnkeyedRows(
       for (const row of rows) {
         // A value read from the file may be anything: a BLOB written there stopped every start
         // with a TypeError that named no row (probe 79c F2). It is no valid address.
-        const verdict = typeof row.email === "string" ? checkEmail(row.email) : null;
+        const verdict =
+          typeof row.email === "string" && row.email.length <= UNKEYED_LONGEST
+            ? checkEmail(row.email)
+            : null;
         // Held by another row, even one written into the file: left aside (its key null), which
         // the next start undoes once the holder is gone; taking the key from a tampered holder
         // made that tamper's undoing fail for good (probe 92c F1). Wanted by another row stored
@@ -209,7 +205,7 @@ export function normaliseUnkeyedRows(
   // In parts with a pause between two, as the refold (probe 93h F1: 100,000 rows in one
   // transaction held the write lock 13 s; the running service answered 503 and a process starting
   // beside it exited).
-  inWriteParts(db, moves, ({ row, email, key }) => {
+  inWriteParts(db.$client, moves, ({ row, email, key }) => {
     const now = db.select(sealedAccountColumns).from(users).where(eq(users.id, row.id)).get();
     // Given its address by another process starting beside this one: done (93h F5).
     if (now?.emailKey === key) return;
@@ -224,7 +220,9 @@ export function normaliseUnkeyedRows(
       return;
     }
     const intact = seal.intact.account(now);
-    const address = { email, emailKey: key };
+    // Its reading too, of the address it now has (probe 94a F1: the one of the address as stored
+    // was kept, and a look-alike of the normalised address was registered beside it).
+    const address = { email, emailKey: key, reading: storedReading(email) };
     // Resealed only if it was sealed as it stood: a row written into the file stays refused.
     db.update(users)
       .set(intact ? { ...address, seal: seal.account({ ...now, ...address }) } : address)
@@ -319,8 +317,8 @@ function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal): stri
  * (probe 93g F2), and they hold the address meanwhile, as `unfoldedKeysFoldingTo`'s rows do. Read
  * by the key index (few rows have none).
  */
-export function unkeyedRowHolds(db: AppDatabase, key: string): boolean {
-  for (const row of unkeyedRows(db)) if (row.key === key) return true;
+export function unkeyedRowHolds(db: AppDatabase, key: string, keyOf?: AddressKeyOf): boolean {
+  for (const row of unkeyedRows(db, keyOf)) if (row.key === key) return true;
   return false;
 }
 

@@ -73,6 +73,7 @@ import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey, foldCase } from "./email";
 import {
+  addressKeyOf,
   normaliseUnkeyedRows,
   refoldEmailKeys,
   unfoldedKeysFoldingTo,
@@ -88,7 +89,7 @@ import {
   type PasswordStrengthModules,
   verifyPassword,
 } from "./passwords";
-import { fillReadings, storedReading } from "./readings";
+import { fillReadings, readingOf, storedReading } from "./readings";
 import { type RefreshSuccessor, unprefixedSuccessor } from "./refresh-successor";
 
 export interface RequestMeta {
@@ -255,6 +256,9 @@ export interface OperatorAccount {
   erased: boolean;
 }
 
+/** Addresses of rows stored before normalisation whose keys a process keeps (unkeyedKeyOf). */
+const UNKEYED_KEYS_REMEMBERED = 200_000;
+
 export class AuthService {
   /** Built on first registration, which is when zxcvbn is loaded (see passwords.ts). */
   private passwordChecker: ReturnType<typeof createPasswordChecker> | null = null;
@@ -267,6 +271,20 @@ export class AuthService {
   private readonly passwordWork: PasswordWork;
   /** The used tokens of ended sessions whose presentation this process has audited (refresh). */
   private readonly reusedAfterEnd = new RecentEntries<true>(10_000);
+  /**
+   * Keys of the addresses of rows stored before normalisation, by the address as stored: each
+   * registration reads every such row, and with 100,000 of them waiting (a row failing its seal
+   * holds their normalisation) checking each address again took 0.5 s of the event loop a
+   * registration (probe 94a F3). By the text itself, so a row changed in the file is checked anew.
+   */
+  private readonly unkeyedKeys = new RecentEntries<string | null>(UNKEYED_KEYS_REMEMBERED);
+  private readonly unkeyedKeyOf = (email: string): string | null => {
+    const known = this.unkeyedKeys.get(email);
+    if (known !== undefined) return known;
+    const key = addressKeyOf(email);
+    this.unkeyedKeys.set(email, key);
+    return key;
+  };
   /**
    * Sign-ins of this process whose failure is counted and whose verdict is not given yet, by
    * account key: each holds one of the lockout's places until its password is judged.
@@ -455,7 +473,7 @@ export class AuthService {
     // too hold it (probe 93g F2: none of them takes it, and neither may a newcomer). Read before
     // the write transaction: only a start changes them, and all of them are read (93h F3: inside
     // it, 100,000 such rows held the lock 0.5 s a registration).
-    const heldUnkeyed = unkeyedRowHolds(this.db, key);
+    const heldUnkeyed = unkeyedRowHolds(this.db, key, this.unkeyedKeyOf);
     const duplicate = () => {
       // An address that reads as an account's (`рау` in Cyrillic beside `pay`, either registered
       // first) is taken, answered as the same address is (probe 90b F2). The reading is the one
@@ -463,7 +481,7 @@ export class AuthService {
       // free address (probe 91a F4).
       const taken = this.statements.usersByReading.all({ value: reading }).some((row) => {
         const account = this.sealed(row);
-        return account !== null && storedReading(account.email) === reading;
+        return account !== null && readingOf(account.email) === reading;
       });
       // A key an earlier release folded once (`straße` for `STRAẞE`) that folds to this one holds
       // the address too, whether or not its row matches its seal, as the unique index holds a
