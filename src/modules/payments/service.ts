@@ -428,6 +428,9 @@ async function pastKeptError(
 /** Why a new intent's answer is not trusted: it names a payment the ledger holds otherwise. */
 export const INTENT_OF_ANOTHER_PAYMENT = "payment intent of another payment";
 
+/** Refund ids a process remembers having audited (auditedHere): far more than a lock's worth. */
+const REFUNDS_AUDITED_REMEMBERED = 10_000;
+
 /** An answer without a refund, as an audit row names it: its kind, never Stripe's text. */
 function reasonOf(outcome: RefundOutcome): string {
   if ("ok" in outcome && outcome.reason === UNDECIDED_NOT_THAT_REFUND) {
@@ -478,6 +481,12 @@ export class PaymentService {
   private readonly atDailyCap = new RecentEntries<{ rows: string; until: number }>(
     OWNERS_AT_CAP_REMEMBERED,
   );
+  /**
+   * Refunds this process has audited (`payment.refund`), written or still queued: a row queued
+   * while the database is locked is not in the table yet, and a retry answered meanwhile audited
+   * the refund a second time (probe 94c F1). Another process's queued row is not seen here.
+   */
+  private readonly auditedHere = new RecentEntries<true>(REFUNDS_AUDITED_REMEMBERED);
   /** Per refund's first key, the key its walk past refusals stopped at (refundPastFailures). */
   private readonly refundWalks = new Map<string, string>();
 
@@ -1703,7 +1712,10 @@ export class PaymentService {
     refund: CreatedRefund,
     foundFor?: UndecidedRefund,
   ): void {
-    if (refund.replayed && this.refundAudited(refund.id)) return;
+    if (refund.replayed && (this.auditedHere.get(refund.id) || this.refundAudited(refund.id))) {
+      return;
+    }
+    this.auditedHere.set(refund.id, true);
     this.refundTrails.get(acting)?.audited.add(refund.id);
     recordDone(this.audit, this.logger, {
       type: "payment.refund",

@@ -139,3 +139,35 @@ test("a refund found made while the database stays locked past the wait is audit
     other.close();
   }
 });
+
+test("a refund whose row waits in the audit queue behind a lock is not audited again by a retry answered meanwhile (probe 94c F1)", async () => {
+  current = buildPaymentsApp();
+  const target = current;
+  const { admin, id } = await paidPayment(target, 100000);
+  // Stripe answers the refund `pending` while another process holds the write lock.
+  target.stripe.refundStatusNext("pending");
+  const held = target.stripe.holdNext(REFUNDS);
+  const asked = refund(target, id, admin.accessToken, 300);
+  await held.reached;
+  const other = new Database(target.databasePath);
+  try {
+    other.run("BEGIN IMMEDIATE");
+    held.release();
+    const first = await asked;
+    expect(first.status).toBe(200);
+    other.run("COMMIT");
+    // At once, before the audit queue's next try: Stripe replays the same refund.
+    const retry = await refund(target, id, admin.accessToken, 300);
+    expect(retry.status).toBe(200);
+    expect(target.stripe.created(REFUNDS)).toBe(1);
+    const [firstRows, retryRows] = endingsOf(target, [first.requestId, retry.requestId]);
+    expect(firstRows!.map((row) => row.type)).toEqual(["payment.refund"]);
+    expect(retryRows!.map((row) => [row.type, row.detail.reason])).toEqual([
+      ["payment.refund.not_made", "earlier_refund_answered"],
+    ]);
+    expect(refundRows(target).filter((row) => row.type === "payment.refund")).toHaveLength(1);
+  } finally {
+    if (other.inTransaction) other.run("ROLLBACK");
+    other.close();
+  }
+});
