@@ -14,7 +14,7 @@ import { inWriteParts } from "../../db/write-parts";
 import { spellOut } from "../../logging/spell-out";
 import type { CredentialSeal } from "../../plugins/auth/seal";
 import { sealedAccountColumns } from "../../plugins/auth/sealed-columns";
-import { checkEmail, foldCase, MAX_EMAIL_LENGTH } from "./email";
+import { checkEmail, foldCase, STORED_ADDRESS_BYTES, STORED_ADDRESS_LONGEST } from "./email";
 import { storedReading } from "./readings";
 
 /**
@@ -107,14 +107,6 @@ function foldedOnceRows(db: AppDatabase): SealedRow[] {
     .all();
 }
 
-/**
- * The longest stored address read as one: NFKC can shorten a text (a Hangul syllable's three jamo
- * compose to one), so rows stored before normalisation are read up to this many characters, not
- * MAX_EMAIL_LENGTH; a longer value is no address (probe 94a F3: one of 15 MB held each
- * registration 3–8 s, every request waiting on it).
- */
-const UNKEYED_LONGEST = 4 * MAX_EMAIL_LENGTH;
-
 /** An address's key, as registration checks it; null when it is no address. */
 export type AddressKeyOf = (email: string) => string | null;
 
@@ -125,17 +117,20 @@ export const addressKeyOf: AddressKeyOf = (email) => {
 
 /**
  * The rows stored before normalisation (no key), each with its address's key as registration
- * checks it (`keyOf`); a row whose address is none (not text, longer than UNKEYED_LONGEST, not an
- * address) is left out: it claims none.
+ * checks it (`keyOf`); a row whose address is none (not text, longer than STORED_ADDRESS_LONGEST,
+ * not an address) is left out: it claims none.
  */
 function* unkeyedRows(
   db: AppDatabase,
   keyOf: AddressKeyOf = addressKeyOf,
 ): Generator<{ id: unknown; email: unknown; key: string }> {
+  // Bounded in bytes before the text is read (probe 94a F3: one of 15 MB held each registration
+  // 3–8 s, every request waiting on it), then in characters.
   const rows = db.$client.query<{ id: unknown; email: string }, [number]>(
-    "SELECT id, email FROM users WHERE email_key IS NULL AND typeof(email) = 'text' AND length(email) <= ?1",
+    "SELECT id, email FROM users WHERE email_key IS NULL AND typeof(email) = 'text' AND octet_length(email) <= ?1",
   );
-  for (const { id, email } of rows.iterate(UNKEYED_LONGEST)) {
+  for (const { id, email } of rows.iterate(STORED_ADDRESS_BYTES)) {
+    if (email.length > STORED_ADDRESS_LONGEST) continue;
     const key = keyOf(email);
     if (key !== null) yield { id, email, key };
   }
@@ -174,7 +169,7 @@ export function normaliseUnkeyedRows(
         // A value read from the file may be anything: a BLOB written there stopped every start
         // with a TypeError that named no row (probe 79c F2). It is no valid address.
         const verdict =
-          typeof row.email === "string" && row.email.length <= UNKEYED_LONGEST
+          typeof row.email === "string" && row.email.length <= STORED_ADDRESS_LONGEST
             ? checkEmail(row.email)
             : null;
         // Held by another row, even one written into the file: left aside (its key null), which
@@ -349,9 +344,18 @@ export function unfoldedKeysFoldingTo(
     .select({ id: users.id, email: users.email, emailKey: users.emailKey })
     .from(users)
     .where(
-      and(sql`instr(${users.emailKey}, 'ß') > 0`, sql`length(${users.emailKey}) <= ${key.length}`),
+      and(
+        sql`instr(${users.emailKey}, 'ß') > 0`,
+        // In bytes, which SQL reads without the text (`length` stops at a NUL: probe 94d F1).
+        sql`octet_length(${users.emailKey}) <= ${4 * key.length}`,
+      ),
     )
     .all()
-    .filter((row) => typeof row.emailKey === "string" && foldCase(row.emailKey) === key)
+    .filter(
+      (row) =>
+        typeof row.emailKey === "string" &&
+        row.emailKey.length <= key.length &&
+        foldCase(row.emailKey) === key,
+    )
     .map(({ id, email }) => ({ id, email }));
 }

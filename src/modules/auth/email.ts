@@ -30,6 +30,19 @@ import { domainToASCII } from "node:url";
 import { readAsLatin } from "../../look-alikes";
 
 export const MAX_EMAIL_LENGTH = 254;
+/**
+ * The longest stored text read as an address that may not be normalised yet (a row stored before
+ * normalisation, its reading): NFKC can shorten a text (three jamo compose to one Hangul
+ * syllable) and the trim takes padding off (a CHAR(255) column's), so such text is read up to
+ * this many characters (probe 94a F3, 94d F3), and no further: a longer value is no address.
+ */
+export const STORED_ADDRESS_LONGEST = 4 * MAX_EMAIL_LENGTH;
+/**
+ * The same bound in bytes, as SQL reads it without reading the text (`octet_length`): SQLite's
+ * `length` of a text counts up to its first NUL, so a value of megabytes behind one passed it
+ * (probe 94d F1), and bun:sqlite hands over the whole value.
+ */
+export const STORED_ADDRESS_BYTES = 4 * STORED_ADDRESS_LONGEST;
 const MAX_LOCAL_LENGTH = 64;
 /** Characters that are invisible, control or otherwise not part of any real address. */
 const FORBIDDEN =

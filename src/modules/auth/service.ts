@@ -277,12 +277,13 @@ export class AuthService {
    * holds their normalisation) checking each address again took 0.5 s of the event loop a
    * registration (probe 94a F3). By the text itself, so a row changed in the file is checked anew.
    */
-  private readonly unkeyedKeys = new RecentEntries<string | null>(UNKEYED_KEYS_REMEMBERED);
+  private readonly unkeyedKeys = new RecentEntries<string>(UNKEYED_KEYS_REMEMBERED);
   private readonly unkeyedKeyOf = (email: string): string | null => {
     const known = this.unkeyedKeys.get(email);
-    if (known !== undefined) return known;
+    // Kept as "" when it is no address (a stored null reads as missing: probe 94d F2).
+    if (known !== undefined) return known === "" ? null : known;
     const key = addressKeyOf(email);
-    this.unkeyedKeys.set(email, key);
+    this.unkeyedKeys.set(email, key ?? "");
     return key;
   };
   /**

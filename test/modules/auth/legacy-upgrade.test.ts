@@ -4,9 +4,10 @@
  * normalises to (probe 94a).
  */
 import { Database } from "bun:sqlite";
-import { afterEach, expect, test } from "bun:test";
+import { afterEach, expect, spyOn, test } from "bun:test";
 import { REQUEST_BUSY_TIMEOUT_MS } from "../../../src/db/busy";
 import { inWriteParts, PART_BUDGET_MS, PART_PAUSE_MS } from "../../../src/db/write-parts";
+import * as emailKeys from "../../../src/modules/auth/email-keys";
 import { unkeyedRowHolds } from "../../../src/modules/auth/email-keys";
 import { fillReadings, READING_VERSION, storedReading } from "../../../src/modules/auth/readings";
 import { buildTestApp, secondProcess, send, type TestApp } from "../../support/app";
@@ -61,10 +62,11 @@ test("a part and its pause fit in a request's wait for the lock, so a waiting wr
 test("write parts end once their time is spent, commit each, and pause between two (probe 94a F2: 500 rows a part held the lock 107 ms)", () => {
   const sqlite = new Database(":memory:");
   sqlite.run("CREATE TABLE t (n INTEGER)");
-  // Each look at the clock is 8 ms on: a part writes 3 rows (0, 8, 16 ms) and ends at 24.
+  // Each look at the clock is 8 ms on: a part writes rows until PART_BUDGET_MS has passed.
+  const step = 8;
   let clock = 0;
   const now = () => {
-    clock += 8;
+    clock += step;
     return clock;
   };
   const seen: { n: number; at: number; inTransaction: boolean }[] = [];
@@ -84,7 +86,13 @@ test("write parts end once their time is spent, commit each, and pause between t
     if (index === 0 || pausedBefore) parts.push([]);
     parts.at(-1)!.push(row.n);
   }
-  expect(parts).toEqual([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]);
+  const perPart = Math.ceil(PART_BUDGET_MS / step);
+  expect(perPart).toBeGreaterThan(1);
+  const expected: number[][] = [];
+  for (let n = 0; n < 10; n += perPart) {
+    expected.push(Array.from({ length: Math.min(perPart, 10 - n) }, (_, i) => n + i));
+  }
+  expect(parts).toEqual(expected);
   expect(sqlite.query("SELECT count(*) AS c FROM t").get()).toEqual({ c: 10 });
   sqlite.close();
 });
@@ -168,5 +176,57 @@ test("a value far longer than an address, stored without a key, is not read as o
   // Registration, its addresses kept by this process, still finds the row every time.
   for (const spelling of ["HELD@example.com", "held@EXAMPLE.com"]) {
     expect((await register(target, spelling)).status).toBe(409);
+  }
+});
+
+test("a stored value with a NUL in it is bounded by its bytes: megabytes behind one are neither read as an address nor given a reading (probe 94d F1)", () => {
+  const target = app();
+  // SQLite's `length` of this text is 1.
+  const huge = `a\u0000${"\ufdfa".repeat(700_000)}@example.com`;
+  insertUnkeyed(target, "legacy-nul", huge, "0123456789ab:old");
+  const read: string[] = [];
+  expect(
+    unkeyedRowHolds(target.db, "a@example.com", (email) => {
+      read.push(email);
+      return null;
+    }),
+  ).toBe(false);
+  expect(read).toEqual([]);
+  expect(fillReadings(target.db.$client)).toBe(1);
+  expect(readingOfRow(target, "legacy-nul")).toBe(`${READING_VERSION}:`);
+});
+
+test("a stored address padded past 254 characters (a CHAR(255) column's padding) is read, and held, as the address it trims to (probe 94d F3)", async () => {
+  const target = app();
+  insertUnkeyed(target, "legacy-padded", `Pay@d.example${" ".repeat(250)}`, null);
+  target.db.$client.run(
+    `INSERT INTO users (id, email, email_key, password_hash, role, seal, created_at, updated_at)
+     VALUES ('forged', 'forged@z.example', 'forged@z.example', 'x', 'user', 'bad', 1, 1)`,
+  );
+  const waiting = secondProcess(target);
+  try {
+    expect(readingOfRow(target, "legacy-padded")).toBe(storedReading("Pay@d.example"));
+    expect((await register(waiting, "\u0440\u0430\u0443@d.example")).status).toBe(409);
+  } finally {
+    waiting.close();
+  }
+});
+
+test("a process keeps that a stored value is no address as well as the keys of those that are (probe 94d F2: each registration checked every invalid one again)", async () => {
+  const target = app();
+  insertUnkeyed(target, "legacy-invalid", "not an address", null);
+  insertUnkeyed(target, "legacy-valid", "Kept@Example.com", null);
+  const checks = spyOn(emailKeys, "addressKeyOf");
+  try {
+    for (const n of [1, 2, 3]) {
+      expect((await register(target, `new${n}@example.com`)).status).toBe(201);
+    }
+    // Each stored value checked once, by the first registration.
+    expect(checks.mock.calls.map(([email]) => email).sort()).toEqual([
+      "Kept@Example.com",
+      "not an address",
+    ]);
+  } finally {
+    checks.mockRestore();
   }
 });
