@@ -348,9 +348,11 @@ const DOT_ON_DOTTED = /(\p{Soft_Dotted})\u0307/gu;
  * Raised by a change in how readAsLatin or seenCharacters read a text other than the list's
  * entries (which are versioned by themselves), or in what a stored reading is taken of: a stored
  * reading's version is taken of both (readingRulesText; modules/auth/readings.ts). 7: a row stored
- * before normalisation is read by its normalised address (probe 94a F1).
+ * before normalisation is read by its normalised address (probe 94a F1). 8: stored text is read to
+ * 1,016 characters, not 254 (94d F3; 94e F1: a release that gave a padded address no reading left
+ * it so, the version being the same).
  */
-const READING_CODE_REVISION = 7;
+const READING_CODE_REVISION = 8;
 
 /**
  * The reading's rules as text: Unicode's list and the hand-made one it is built from, and the

@@ -98,13 +98,21 @@ type SealedRow = Parameters<CredentialSeal["account"]>[0] & { seal: string | nul
 const SEALED_ACCOUNTS =
   "SELECT id, email, email_key AS emailKey, password_hash AS passwordHash, role, seal FROM users";
 
-/** The rows whose key an earlier release folded once (holding `ß`), through the partial index. */
+/**
+ * The rows whose key an earlier release folded once (holding `ß`), through the partial index; a
+ * key longer than a stored address can be (written into the file) is none, and not read (probe
+ * 94e F3: folding one of 9 MB took 5 s and 650 MB at every start and command).
+ */
 function foldedOnceRows(db: AppDatabase): SealedRow[] {
   return db.$client
-    .query<SealedRow, []>(
-      `${SEALED_ACCOUNTS} INDEXED BY users_key_folds_again WHERE instr(email_key, 'ß') > 0`,
+    .query<SealedRow, [number]>(
+      `${SEALED_ACCOUNTS} INDEXED BY users_key_folds_again
+        WHERE instr(email_key, 'ß') > 0 AND octet_length(email_key) <= ?1`,
     )
-    .all();
+    .all(STORED_ADDRESS_BYTES)
+    .filter(
+      (row) => typeof row.emailKey !== "string" || row.emailKey.length <= STORED_ADDRESS_LONGEST,
+    );
 }
 
 /** An address's key, as registration checks it; null when it is no address. */
@@ -307,14 +315,29 @@ function firstAccountFailingItsSeal(db: AppDatabase, seal: CredentialSeal): stri
 }
 
 /**
- * Whether a row stored before normalisation (no key) has an address that normalises to `key`: a
- * start leaves such rows aside while another such row, or a key folded once, would take it too
- * (probe 93g F2), and they hold the address meanwhile, as `unfoldedKeysFoldingTo`'s rows do. Read
- * by the key index (few rows have none).
+ * The keys the rows stored before normalisation (no key) claim: a start leaves such rows aside
+ * while another such row, or a key folded once, would take the address too (probe 93g F2), and
+ * they hold it meanwhile, as `unfoldedKeysFoldingTo`'s rows do. A read of every such row: kept,
+ * and read again when `unkeyedRowsMark` changes (AuthService).
  */
-export function unkeyedRowHolds(db: AppDatabase, key: string, keyOf?: AddressKeyOf): boolean {
-  for (const row of unkeyedRows(db, keyOf)) if (row.key === key) return true;
-  return false;
+export function unkeyedClaimedKeys(db: AppDatabase, keyOf?: AddressKeyOf): Set<string> {
+  const keys = new Set<string>();
+  for (const row of unkeyedRows(db, keyOf)) keys.add(row.key);
+  return keys;
+}
+
+/**
+ * What tells that the rows stored before normalisation changed: their count and the sum of their
+ * rowids, read from the key index alone (a row folded, set aside, deleted or copied back changes
+ * it; an address rewritten in place in the file does not, until the next start).
+ */
+export function unkeyedRowsMark(db: AppDatabase): string {
+  const mark = db.$client
+    .query<{ rows: number; ids: number }, []>(
+      "SELECT count(*) AS rows, total(rowid) AS ids FROM users WHERE email_key IS NULL",
+    )
+    .get();
+  return `${mark?.rows ?? 0}:${mark?.ids ?? 0}`;
 }
 
 /** Those rows themselves, for an operator naming the address (AuthService `setAsideAlike`). */

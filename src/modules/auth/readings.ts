@@ -18,7 +18,16 @@ import { normalizeEmail, readKey, STORED_ADDRESS_BYTES, STORED_ADDRESS_LONGEST }
 
 /** The stored readings' version: 12 hex digits of the SHA-256 of the rules and Unicode's version. */
 export const READING_VERSION = new Bun.CryptoHasher("sha256")
-  .update(JSON.stringify([process.versions.unicode ?? "", readingRulesText()]))
+  .update(
+    JSON.stringify([
+      process.versions.unicode ?? "",
+      readingRulesText(),
+      // How far a stored text is read: a bound changed changes what is stored (probe 94e F1: a
+      // reading left empty by a shorter bound was kept, the version being the same).
+      STORED_ADDRESS_LONGEST,
+      STORED_ADDRESS_BYTES,
+    ]),
+  )
   .digest("hex")
   .slice(0, 12);
 

@@ -73,12 +73,12 @@ import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey, foldCase } from "./email";
 import {
-  addressKeyOf,
   normaliseUnkeyedRows,
   refoldEmailKeys,
   unfoldedKeysFoldingTo,
-  unkeyedRowHolds,
+  unkeyedClaimedKeys,
   unkeyedRowsClaiming,
+  unkeyedRowsMark,
 } from "./email-keys";
 import { mixesScripts } from "./mixed-scripts";
 import type { PasswordWork } from "./password-work";
@@ -256,9 +256,6 @@ export interface OperatorAccount {
   erased: boolean;
 }
 
-/** Addresses of rows stored before normalisation whose keys a process keeps (unkeyedKeyOf). */
-const UNKEYED_KEYS_REMEMBERED = 200_000;
-
 export class AuthService {
   /** Built on first registration, which is when zxcvbn is loaded (see passwords.ts). */
   private passwordChecker: ReturnType<typeof createPasswordChecker> | null = null;
@@ -272,20 +269,13 @@ export class AuthService {
   /** The used tokens of ended sessions whose presentation this process has audited (refresh). */
   private readonly reusedAfterEnd = new RecentEntries<true>(10_000);
   /**
-   * Keys of the addresses of rows stored before normalisation, by the address as stored: each
-   * registration reads every such row, and with 100,000 of them waiting (a row failing its seal
-   * holds their normalisation) checking each address again took 0.5 s of the event loop a
-   * registration (probe 94a F3). By the text itself, so a row changed in the file is checked anew.
+   * The keys rows stored before normalisation claim, and the mark of those rows they were read
+   * at: read again only when the rows change (only a start, an operator or the file changes them).
+   * Read at every registration, 100,000 such rows waiting took 0.5 s of the event loop each (probe
+   * 94a F3), and a memo of their addresses never hit past its bound (94e F2: 10 s a registration
+   * with 260,000 rows that are no address).
    */
-  private readonly unkeyedKeys = new RecentEntries<string>(UNKEYED_KEYS_REMEMBERED);
-  private readonly unkeyedKeyOf = (email: string): string | null => {
-    const known = this.unkeyedKeys.get(email);
-    // Kept as "" when it is no address (a stored null reads as missing: probe 94d F2).
-    if (known !== undefined) return known === "" ? null : known;
-    const key = addressKeyOf(email);
-    this.unkeyedKeys.set(email, key ?? "");
-    return key;
-  };
+  private unkeyedClaims: { mark: string; keys: Set<string> } | null = null;
   /**
    * Sign-ins of this process whose failure is counted and whose verdict is not given yet, by
    * account key: each holds one of the lockout's places until its password is judged.
@@ -413,6 +403,15 @@ export class AuthService {
     return this.dummyHash;
   }
 
+  /** Whether a row stored before normalisation claims `key` (email-keys.ts `unkeyedClaimedKeys`). */
+  private unkeyedRowClaims(key: string): boolean {
+    const mark = unkeyedRowsMark(this.db);
+    if (this.unkeyedClaims?.mark !== mark) {
+      this.unkeyedClaims = { mark, keys: unkeyedClaimedKeys(this.db) };
+    }
+    return this.unkeyedClaims.keys.has(key);
+  }
+
   /** Rows stored before addresses were normalised, given their keys (email-keys.ts). */
   private reconcileEmailKeys(): void {
     const { logger, seal } = this.options;
@@ -474,7 +473,7 @@ export class AuthService {
     // too hold it (probe 93g F2: none of them takes it, and neither may a newcomer). Read before
     // the write transaction: only a start changes them, and all of them are read (93h F3: inside
     // it, 100,000 such rows held the lock 0.5 s a registration).
-    const heldUnkeyed = unkeyedRowHolds(this.db, key, this.unkeyedKeyOf);
+    const heldUnkeyed = this.unkeyedRowClaims(key);
     const duplicate = () => {
       // An address that reads as an account's (`рау` in Cyrillic beside `pay`, either registered
       // first) is taken, answered as the same address is (probe 90b F2). The reading is the one
