@@ -327,9 +327,11 @@ export function unkeyedClaimedKeys(db: AppDatabase, keyOf?: AddressKeyOf): Set<s
 }
 
 /**
- * What tells that the rows stored before normalisation changed: their count and the sum of their
- * rowids, read from the key index alone (a row folded, set aside, deleted or copied back changes
- * it; an address rewritten in place in the file does not, until the next start).
+ * What tells that the rows stored before normalisation may have changed: their count and the sum
+ * of their rowids, read from the key index alone (a row folded, set aside, deleted or copied back
+ * by this process changes it), and SQLite's `data_version`, which any other connection's commit
+ * changes (another process, a CLI command, a backup restored online: probe 94g F2, the rows put
+ * right by a restore kept the count and rowids, and their address was registered).
  */
 export function unkeyedRowsMark(db: AppDatabase): string {
   const mark = db.$client
@@ -337,7 +339,8 @@ export function unkeyedRowsMark(db: AppDatabase): string {
       "SELECT count(*) AS rows, total(rowid) AS ids FROM users WHERE email_key IS NULL",
     )
     .get();
-  return `${mark?.rows ?? 0}:${mark?.ids ?? 0}`;
+  const written = db.$client.query<{ data_version: number }, []>("PRAGMA data_version").get();
+  return `${mark?.rows ?? 0}:${mark?.ids ?? 0}:${written?.data_version ?? 0}`;
 }
 
 /** Those rows themselves, for an operator naming the address (AuthService `setAsideAlike`). */

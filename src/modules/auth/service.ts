@@ -73,6 +73,7 @@ import { RecentEntries } from "../../recent-entries";
 import type { ApiKeyService } from "./api-keys";
 import { checkEmail, emailLookupKey, foldCase } from "./email";
 import {
+  addressKeyOf,
   normaliseUnkeyedRows,
   refoldEmailKeys,
   unfoldedKeysFoldingTo,
@@ -256,6 +257,9 @@ export interface OperatorAccount {
   erased: boolean;
 }
 
+/** Addresses of rows stored before normalisation whose keys a process keeps (unkeyedKeys). */
+const UNKEYED_KEYS_REMEMBERED = 1_000_000;
+
 export class AuthService {
   /** Built on first registration, which is when zxcvbn is loaded (see passwords.ts). */
   private passwordChecker: ReturnType<typeof createPasswordChecker> | null = null;
@@ -276,6 +280,12 @@ export class AuthService {
    * with 260,000 rows that are no address).
    */
   private unkeyedClaims: { mark: string; keys: Set<string> } | null = null;
+  /**
+   * Each such row's key (or "" for none) by a hash of its address: the rows are read again after
+   * any other connection's write, and their addresses are not checked again (94e F2). Dropped
+   * whole past UNKEYED_KEYS_REMEMBERED.
+   */
+  private readonly unkeyedKeys = new Map<bigint, string>();
   /**
    * Sign-ins of this process whose failure is counted and whose verdict is not given yet, by
    * account key: each holds one of the lockout's places until its password is judged.
@@ -310,6 +320,8 @@ export class AuthService {
       );
     }
     this.reconcileEmailKeys();
+    // Read at start, not by the first registration (probe 94g F3: 10 s of the event loop there).
+    this.unkeyedRowClaims("");
     const written = fillReadings(options.sqlite);
     if (written > 0) {
       options.logger.info(
@@ -407,7 +419,16 @@ export class AuthService {
   private unkeyedRowClaims(key: string): boolean {
     const mark = unkeyedRowsMark(this.db);
     if (this.unkeyedClaims?.mark !== mark) {
-      this.unkeyedClaims = { mark, keys: unkeyedClaimedKeys(this.db) };
+      if (this.unkeyedKeys.size > UNKEYED_KEYS_REMEMBERED) this.unkeyedKeys.clear();
+      const keyOf = (email: string): string | null => {
+        const hash = BigInt(Bun.hash.wyhash(email));
+        const known = this.unkeyedKeys.get(hash);
+        if (known !== undefined) return known === "" ? null : known;
+        const key = addressKeyOf(email);
+        this.unkeyedKeys.set(hash, key ?? "");
+        return key;
+      };
+      this.unkeyedClaims = { mark, keys: unkeyedClaimedKeys(this.db, keyOf) };
     }
     return this.unkeyedClaims.keys.has(key);
   }
