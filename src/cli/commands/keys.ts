@@ -153,7 +153,7 @@ export const keysList: Command = {
           : "";
       const owner =
         key.userId !== null
-          ? `${storedValueText(key.ownerEmail)}`
+          ? shownAddress(key.ownerEmail)
           : key.origin === "bootstrap"
             ? "(API_KEYS)"
             : "(operator)";
