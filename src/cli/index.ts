@@ -21,4 +21,11 @@ try {
   // Every line taken by the reader before the exit (output.ts).
   await Promise.all([out.drained(), err.drained()]);
 }
+// Output that could not be written (a full disk, not a reader gone) is a failed command: what it
+// printed may be cut, or lost whole (the key `keys:create` shows once).
+if (out.failed !== null) {
+  err.line(`palisade: the output could not be written (${out.failed}): it may be cut or missing`);
+  await err.drained();
+  code = code === 0 ? 1 : code;
+}
 process.exit(code);

@@ -18,24 +18,37 @@ export interface LineWriter {
   line(text: string): void;
   /** Resolves once every line written has been taken by the reader, or the reader has gone. */
   drained(): Promise<void>;
+  /**
+   * Why the lines could not all be written, when not because the reader went away: a full disk, an
+   * I/O error, a closed descriptor (`ENOSPC`, `EIO`, `EBADF`…); null otherwise.
+   */
+  readonly failed: string | null;
+}
+
+/** A write error's code, or its first line. */
+function errorCode(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === "string") return code;
+  return String(error).split("\n")[0] ?? "unknown";
 }
 
 /**
- * Lines to `sink`. A reader that goes away (`| head`) ends the writing quietly, as it ends any
- * command-line tool: its broken pipe was a stack trace, thrown from a write or from a flush
- * finished later.
+ * Lines to `sink`. A reader that goes away (`| head`: EPIPE) ends the writing quietly, as it ends
+ * any command-line tool: its broken pipe was a stack trace, thrown from a write or from a flush
+ * finished later. Any other failure ends the writing too, and is kept in `failed` for the command
+ * to say and exit non-zero on (probe 94i F1: a full disk cut a listing, or lost the key
+ * `keys:create` shows once, and the command exited 0).
  */
 export function lineWriter(sink: LineSink): LineWriter {
   let readerGone = false;
+  let failed: string | null = null;
+  const stop = (error: unknown) => {
+    readerGone = true;
+    const code = errorCode(error);
+    if (code !== "EPIPE") failed ??= code;
+  };
   const handedOn = (flushed: number | Promise<number>) => {
-    if (flushed instanceof Promise) {
-      return flushed.then(
-        () => undefined,
-        () => {
-          readerGone = true;
-        },
-      );
-    }
+    if (flushed instanceof Promise) return flushed.then(() => undefined, stop);
     return Promise.resolve();
   };
   return {
@@ -44,17 +57,20 @@ export function lineWriter(sink: LineSink): LineWriter {
       try {
         sink.write(`${text}\n`);
         void handedOn(sink.flush());
-      } catch {
-        readerGone = true;
+      } catch (error) {
+        stop(error);
       }
     },
     async drained() {
       if (readerGone) return;
       try {
         await handedOn(sink.flush());
-      } catch {
-        readerGone = true;
+      } catch (error) {
+        stop(error);
       }
+    },
+    get failed() {
+      return failed;
     },
   };
 }

@@ -85,6 +85,18 @@ test("lines are handed on as they are written; a reader gone, by a write or a fl
   gone.line("two");
   await gone.drained();
   expect(writes).toBe(1);
+  expect(gone.failed).toBeNull();
+
+  // A full disk is no reader gone: kept, for the command to say and fail on (probe 94i F1).
+  const full = lineWriter({
+    write: () => {
+      throw Object.assign(new Error("no space left on device"), { code: "ENOSPC" });
+    },
+    flush: () => 0,
+  });
+  full.line("one");
+  await full.drained();
+  expect(full.failed).toBe("ENOSPC");
 
   // Closed while a flush was pending: its rejection is taken, never left unhandled.
   let later = 0;
@@ -100,4 +112,23 @@ test("lines are handed on as they are written; a reader gone, by a write or a fl
   slow.line("two");
   await slow.drained();
   expect(later).toBe(1);
+});
+
+test("output that cannot be written (/dev/full) fails the command, saying so, where it exited 0 (probe 94i F1)", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "palisade-cli-output-"));
+  dirs.push(dir);
+  const env = { DATABASE_PATH: join(dir, "p.db") };
+  const proc = Bun.spawn(
+    ["bun", "src/cli/index.ts", "users:create", "--email", "full@example.com"],
+    {
+      cwd: REPO_ROOT,
+      env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", ...env },
+      stdin: "ignore",
+      stdout: Bun.file("/dev/full"),
+      stderr: "pipe",
+    },
+  );
+  const stderr = await new Response(proc.stderr).text();
+  expect(await proc.exited).toBe(1);
+  expect(stderr).toContain("palisade: the output could not be written (");
 });
