@@ -41,6 +41,21 @@ function refundRows(target: PaymentsApp) {
     .map((row) => ({ ...row, detail: JSON.parse(row.detail) as Record<string, unknown> }));
 }
 
+/**
+ * A refund whose next call to Stripe is held there while another connection (a process, a CLI
+ * command, a backup) takes the write lock; answered while the lock is still held. The caller
+ * commits (or rolls back) `other` and closes it.
+ */
+async function refundUnderLock(target: PaymentsApp, id: string, token: string, amount: number) {
+  const held = target.stripe.holdNext(REFUNDS);
+  const asked = refund(target, id, token, amount);
+  await held.reached;
+  const other = new Database(target.databasePath);
+  other.run("BEGIN IMMEDIATE");
+  held.release();
+  return { answered: await asked, other };
+}
+
 /** Each request's rows after its `requested` row: exactly one says what came of it. */
 function endingsOf(target: PaymentsApp, requestIds: readonly string[]) {
   const rows = refundRows(target);
@@ -100,14 +115,8 @@ test("a refund found made while the database stays locked past the wait is audit
   expect(lost.status).toBe(503);
 
   // The next refund reads Stripe's refunds (held there) while another process takes the lock.
-  const held = target.stripe.holdNext(REFUNDS);
-  const asked = refund(target, id, admin.accessToken, 300);
-  await held.reached;
-  const other = new Database(target.databasePath);
+  const { answered, other } = await refundUnderLock(target, id, admin.accessToken, 300);
   try {
-    other.run("BEGIN IMMEDIATE");
-    held.release();
-    const answered = await asked;
     expect(answered.status).toBe(503);
     other.run("COMMIT");
     // Queued while locked, written once the lock went.
@@ -146,14 +155,8 @@ test("a refund whose row waits in the audit queue behind a lock is not audited a
   const { admin, id } = await paidPayment(target, 100000);
   // Stripe answers the refund `pending` while another process holds the write lock.
   target.stripe.refundStatusNext("pending");
-  const held = target.stripe.holdNext(REFUNDS);
-  const asked = refund(target, id, admin.accessToken, 300);
-  await held.reached;
-  const other = new Database(target.databasePath);
+  const { answered: first, other } = await refundUnderLock(target, id, admin.accessToken, 300);
   try {
-    other.run("BEGIN IMMEDIATE");
-    held.release();
-    const first = await asked;
     expect(first.status).toBe(200);
     other.run("COMMIT");
     // At once, before the audit queue's next try: Stripe replays the same refund.
