@@ -19,8 +19,9 @@ export interface LineWriter {
   /** Resolves once every line written has been taken by the reader, or the reader has gone. */
   drained(): Promise<void>;
   /**
-   * Why the lines could not all be written, when not because the reader went away: a full disk, an
-   * I/O error, a closed descriptor (`ENOSPC`, `EIO`, `EBADF`…); null otherwise.
+   * Why the lines could not all be written, when not because the reader went away: a full disk or
+   * an I/O error (`ENOSPC`, `EIO`…); null otherwise. A stdout closed before the start is not seen:
+   * Bun opens /dev/null on it (probe 94j F1).
    */
   readonly failed: string | null;
 }

@@ -492,8 +492,9 @@ export class AuthService {
     const reading = storedReading(email);
     // Rows stored before normalisation that a start leaves aside while another claims the address
     // too hold it (probe 93g F2: none of them takes it, and neither may a newcomer). Read before
-    // the write transaction: only a start changes them, and all of them are read (93h F3: inside
-    // it, 100,000 such rows held the lock 0.5 s a registration).
+    // the write transaction (93h F3: inside it, 100,000 such rows held the lock 0.5 s a
+    // registration): no request changes them; a start, an operator or a restore does, which the
+    // rows' mark tells (unkeyedRowClaims).
     const heldUnkeyed = this.unkeyedRowClaims(key);
     const duplicate = () => {
       // An address that reads as an account's (`рау` in Cyrillic beside `pay`, either registered
