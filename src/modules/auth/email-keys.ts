@@ -172,14 +172,19 @@ export function normaliseUnkeyedRows(
         .orderBy(asc(users.id))
         .all();
       if (rows.length === 0) return { moves, firstTampered: null };
-      const claimants = addressClaimants(db);
-      for (const row of rows) {
-        // A value read from the file may be anything: a BLOB written there stopped every start
-        // with a TypeError that named no row (probe 79c F2). It is no valid address.
-        const verdict =
-          typeof row.email === "string" && row.email.length <= STORED_ADDRESS_LONGEST
-            ? checkEmail(row.email)
-            : null;
+      // A value read from the file may be anything: a BLOB written there stopped every start with
+      // a TypeError that named no row (probe 79c F2). It is no valid address.
+      const verdicts = rows.map((row) =>
+        typeof row.email === "string" && row.email.length <= STORED_ADDRESS_LONGEST
+          ? checkEmail(row.email)
+          : null,
+      );
+      // Each address checked once: these verdicts count the unkeyed claimants too (checked again
+      // by a second read, 260,000 of them took a start 59–79 s: probe 94e).
+      const unkeyedKeys = verdicts.flatMap((verdict) => (verdict?.ok ? [verdict.key] : []));
+      const claimants = addressClaimants(db, foldedOnceRows(db), unkeyedKeys);
+      for (const [index, row] of rows.entries()) {
+        const verdict = verdicts[index] ?? null;
         // Held by another row, even one written into the file: left aside (its key null), which
         // the next start undoes once the holder is gone; taking the key from a tampered holder
         // made that tamper's undoing fail for good (probe 92c F1). Wanted by another row stored
@@ -288,11 +293,12 @@ function lookBeforeFolding(
 function addressClaimants(
   db: AppDatabase,
   foldedOnce: readonly { emailKey: unknown }[] = foldedOnceRows(db),
+  unkeyedKeys: Iterable<string> = Array.from(unkeyedRows(db), (row) => row.key),
 ): Map<string, number> {
   const claimants = new Map<string, number>();
   const add = (key: string) => claimants.set(key, (claimants.get(key) ?? 0) + 1);
   for (const { emailKey } of foldedOnce) if (typeof emailKey === "string") add(foldCase(emailKey));
-  for (const { key } of unkeyedRows(db)) add(key);
+  for (const key of unkeyedKeys) add(key);
   return claimants;
 }
 
