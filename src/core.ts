@@ -19,8 +19,10 @@ import {
   reportDroppedTriggers,
 } from "./db/foreign-triggers";
 import { migrationStatus } from "./db/migrate";
+import { otherReadingsMarks } from "./db/readings-mark";
 import { createSchemaGuard, type SchemaGuard } from "./db/schema-guard";
 import type { Logger } from "./logging/logger";
+import { READING_VERSION } from "./modules/auth/readings";
 import type { ReadinessCheck } from "./modules/health/service";
 import { AuditKeys } from "./plugins/audit/chain";
 import { erasedPrincipals } from "./plugins/audit/erased-principals";
@@ -148,7 +150,7 @@ export function createCore(options: CoreOptions): Core {
   const { config, db, logger } = options;
   const clock = options.clock ?? systemClock;
   const sqlite = db.$client;
-  const schemaGuard = options.schemaGuard ?? createSchemaGuard(sqlite);
+  const schemaGuard = options.schemaGuard ?? createSchemaGuard(sqlite, () => READING_VERSION);
   let stoppingForSchema = false;
   const registry = createMetricsRegistry();
   registerQueryDurations(registry, sqlite);
@@ -360,11 +362,14 @@ export function createCore(options: CoreOptions): Core {
         // rolling upgrade does that too): such a row is as easy to write into the file as the
         // change, and must not quiet the report. The line says both.
         const newerMigrations = migrationStatus(db).fromNewerReleases;
+        const readingsTaken = otherReadingsMarks(sqlite, READING_VERSION);
         logger.error(
           { differences: changed, newerMigrations },
-          newerMigrations > 0
-            ? "the database's schema changed while this process ran, and the file records migrations of a newer release: stopping (a rolling upgrade: restart on the newer release; otherwise restore the file from a backup)"
-            : "the database's schema was changed outside Palisade while running: a changed table can make Palisade's writes silently do nothing; stopping (restore the file from a backup)",
+          readingsTaken.length > 0 && changed.length === 1
+            ? `a process of another release, whose readings of addresses differ (reading version ${readingsTaken[0]}), started on this file and took it: stopping (two such releases cannot serve one file together: each would let look-alikes of the other's accounts register)`
+            : newerMigrations > 0
+              ? "the database's schema changed while this process ran, and the file records migrations of a newer release: stopping (a rolling upgrade: restart on the newer release; otherwise restore the file from a backup)"
+              : "the database's schema was changed outside Palisade while running: a changed table can make Palisade's writes silently do nothing; stopping (restore the file from a backup)",
         );
         audit.record({
           type: "db.schema_changed",

@@ -26,6 +26,7 @@ import {
   reportDroppedTriggers,
 } from "./db/foreign-triggers";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
+import { takeReadingsMark } from "./db/readings-mark";
 import {
   assertSchemaUnchanged,
   createSchemaGuard,
@@ -35,6 +36,7 @@ import {
 import { recordServedProfile } from "./db/served-profile";
 import { namedFirstLine } from "./error-line";
 import { createLogger } from "./logging/logger";
+import { READING_VERSION } from "./modules/auth/readings";
 import { AuditKeys } from "./plugins/audit/chain";
 import { refuseKeyBesideKeyedLog } from "./plugins/audit/key-file-look";
 import { assertAuditKeyMatchesBeforeMigrating, NEW_LOG_KEYED } from "./plugins/audit/key-match";
@@ -253,13 +255,35 @@ for (const again of resealed) logger.error(again.fields, again.message);
 
 // Every table and index as the migrations made them: a table rebuilt with a constraint that
 // ignores conflicts would make Palisade's own writes silently do nothing (db/schema-guard).
-const schemaGuard = createSchemaGuard(db.$client);
+// Another release's readings' mark is no refusal: this start takes the file (below).
+let servedReadings: string | null = null;
+const schemaGuard = createSchemaGuard(db.$client, () => servedReadings);
 const schemaDifferences = schemaGuard.changes();
 if (schemaDifferences.length > 0) {
   recordBeforeRefusing(db.$client, keys, logger, droppedTriggerEvents(droppedTriggers));
   fail(
     `refusing to start: ${schemaChangedMessage(config.databasePath, schemaDifferences, migrations.fromNewerReleases)}`,
   );
+}
+
+// Before the readings are written again (modules/auth/readings.ts): a process of a release that
+// reads addresses otherwise stops serving this file (db/readings-mark.ts; probe 94g F1).
+try {
+  const taken = takeReadingsMark(db.$client, READING_VERSION);
+  servedReadings = READING_VERSION;
+  if (taken.dropped.length > 0) {
+    logger.warn(
+      { readingVersions: taken.dropped, readingVersion: READING_VERSION },
+      "the accounts' readings (look-alike addresses) were another release's: this start takes the file, writes them again, and any process of that release still serving it refuses registrations now and stops at its next check (two releases that read addresses otherwise cannot serve one file together)",
+    );
+  } else if (!taken.held) {
+    logger.info(
+      { readingVersion: READING_VERSION },
+      "the accounts' readings (look-alike addresses) are marked as this release's: a process of an earlier release still serving this file stops at its next check, saying an index on users is not one of its migrations'",
+    );
+  }
+} catch (error) {
+  fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
 }
 
 const newerMigrations = migrations.fromNewerReleases;

@@ -18,6 +18,7 @@ import {
   reportDroppedTriggers,
 } from "../db/foreign-triggers";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "../db/migrate";
+import { otherReadingsMarks, takeReadingsMark } from "../db/readings-mark";
 import {
   assertSchemaUnchanged,
   createSchemaGuard,
@@ -28,6 +29,7 @@ import { servedProfileOf } from "../db/served-profile";
 import { namedFirstLine } from "../error-line";
 import { fdDestination } from "../logging/fd-destination";
 import { createLogger } from "../logging/logger";
+import { READING_VERSION } from "../modules/auth/readings";
 import { AuditKeys } from "../plugins/audit/chain";
 import { refuseKeyBesideKeyedLog } from "../plugins/audit/key-file-look";
 import { assertAuditKeyMatchesBeforeMigrating, holdsKeyedRows } from "../plugins/audit/key-match";
@@ -209,6 +211,16 @@ export async function runCli(
         }
         const changedSchema = createSchemaGuard(db.$client).differences();
         if (changedSchema.length > 0) throw refuse(changedSchema, migrated.fromNewerReleases);
+        // A command writes readings of its own (modules/auth/readings.ts): beside a release that
+        // reads addresses otherwise, it would hide that release's accounts from its look-alike
+        // check. Only a start takes a file from another release (db/readings-mark.ts).
+        const otherReadings = otherReadingsMarks(sqlite, READING_VERSION);
+        if (otherReadings.length > 0) {
+          throw new CliError(
+            `DATABASE_PATH ${path}: its accounts' readings (look-alike addresses) are another release's (reading version ${otherReadings[0]}, this one's ${READING_VERSION}), which may be serving it: run this command with that release, or start this release on the file first`,
+            1,
+          );
+        }
         const sealed = sealing.sealed();
         const resealed = sealing.resealed(sealed);
         for (const { message } of [...sealed, ...resealed]) if (message) io.err(message);
@@ -231,6 +243,10 @@ export async function runCli(
       return db;
     },
     services: () => {
+      // The services write the readings (modules/auth/readings.ts): the file is marked as this
+      // release's first, which stops a process of an earlier release still serving it (that
+      // process says an index on users is not one of its migrations').
+      if (!services) takeReadingsMark(context.db().$client, READING_VERSION);
       services ??= createServices({
         config: context.config(),
         db: context.db(),

@@ -27,6 +27,7 @@ import { Database } from "bun:sqlite";
 import { spellOut } from "../logging/spell-out";
 import { drizzleOf } from "./client";
 import { applyMigrations } from "./migrate";
+import { markedVersion, readingsMarkName } from "./readings-mark";
 
 interface SchemaObject {
   type: string;
@@ -79,8 +80,17 @@ const KNOWN_KINDS = "('table', 'index', 'view', 'trigger')";
 /** A name from the file as a difference shows it (logging/spell-out). */
 const shown = (name: string) => spellOut(name);
 
-/** What differs from `expected`, one phrase each ("table api_keys is not as …"); empty when none. */
-export function schemaDifferences(sqlite: Database, expected: ExpectedSchema): string[] {
+/**
+ * What differs from `expected`, one phrase each ("table api_keys is not as …"); empty when none.
+ * The readings' mark (db/readings-mark.ts) of `readingsVersion` is expected beside the migrations'
+ * objects, and another version's is a difference: another release took the file. With no version
+ * (inside the migrations, before a start takes the file), every well-formed mark is.
+ */
+export function schemaDifferences(
+  sqlite: Database,
+  expected: ExpectedSchema,
+  readingsVersion: string | null = null,
+): string[] {
   const found = byKey(sqlite.query<SchemaObject, []>(READ_SCHEMA).all());
   const differences: string[] = [];
   for (const [key, object] of expected.objects) {
@@ -95,8 +105,15 @@ export function schemaDifferences(sqlite: Database, expected: ExpectedSchema): s
   for (const [table, indexes] of expected.indexesOf) {
     if (!found.has(`table ${table}`)) continue;
     for (const name of indexNames(sqlite, table)) {
-      if (!indexes.has(name)) {
+      if (indexes.has(name)) continue;
+      const marked =
+        table === "users" ? markedVersion(name, found.get(`index ${name}`)?.sql ?? null) : null;
+      if (marked === null) {
         differences.push(`index ${shown(name)} on ${table} is not one of its migrations'`);
+      } else if (readingsVersion !== null && marked !== readingsVersion) {
+        differences.push(
+          `index ${readingsMarkName(marked)} on users marks the accounts' readings as another release's (reading version ${marked}, this one's ${readingsVersion})`,
+        );
       }
     }
   }
@@ -180,14 +197,21 @@ export interface SchemaGuard {
   changes(): string[];
 }
 
-export function createSchemaGuard(sqlite: Database): SchemaGuard {
+/**
+ * `readingsVersion`: the readings' mark the process serves by, once it took the file (null before,
+ * and for a command that writes no readings: any mark).
+ */
+export function createSchemaGuard(
+  sqlite: Database,
+  readingsVersion: () => string | null = () => null,
+): SchemaGuard {
   let expected: ExpectedSchema | null = null;
   let checkedVersion: number | null = null;
   const version = () =>
     sqlite.query<{ schema_version: number }, []>("PRAGMA schema_version").get()!.schema_version;
   const differences = () => {
     expected ??= expectedSchema();
-    return schemaDifferences(sqlite, expected);
+    return schemaDifferences(sqlite, expected, readingsVersion());
   };
   return {
     differences,

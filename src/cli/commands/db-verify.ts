@@ -16,6 +16,7 @@ import { type MigrationStatus, migrationStatus } from "../../db/migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { expectedSchema, schemaDifferences } from "../../db/schema-guard";
 import { firstLine } from "../../error-line";
+import { READING_VERSION } from "../../modules/auth/readings";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { type AuditHead, verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
@@ -179,7 +180,9 @@ function shapeFaults(sqlite: Database): { lines: string[]; fault: string; sealsR
     };
   }
   const lines = [
-    ...schemaDifferences(sqlite, expectedSchema()).map((difference) => `schema: ${difference}`),
+    ...schemaDifferences(sqlite, expectedSchema(), READING_VERSION).map(
+      (difference) => `schema: ${difference}`,
+    ),
     ...listTriggers(sqlite).map(
       ({ name, table, sql }) =>
         `schema: trigger ${name} on ${table} is not Palisade's (a start drops it): ${sql}`,

@@ -45,6 +45,26 @@ export function readingOf(email: string): string {
   return storedReading(normalizeEmail(email)?.email ?? email);
 }
 
+/** The most accounts a registration reads whose reading is not of this version (below). */
+export const OTHER_READINGS_READ = 1000;
+
+/**
+ * The ids of accounts whose reading is missing or of another version: none once a start wrote
+ * them, but for an account a process of an earlier release registered while this one's start took
+ * the file, before that process stopped (db/readings-mark.ts; probe 94g F1). A registration
+ * reads these addresses itself. At most OTHER_READINGS_READ: more is a file written otherwise
+ * (a start writes them all again).
+ */
+export function idsOfOtherReadings(sqlite: Database): string[] {
+  return sqlite
+    .query<{ id: string }, [string, string, number]>(
+      `SELECT id FROM users INDEXED BY users_reading
+        WHERE reading IS NULL OR reading < ?1 OR reading >= ?2 LIMIT ?3`,
+    )
+    .all(`${READING_VERSION}:`, `${READING_VERSION};`, OTHER_READINGS_READ)
+    .map((row) => row.id);
+}
+
 /**
  * Writes the reading of every account whose reading is missing or of another version; returns
  * how many. Read through the index: this version's readings are one text range, the rest are

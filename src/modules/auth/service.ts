@@ -45,8 +45,10 @@ import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
+import { readingsMarkWatch } from "../../db/readings-mark";
 import { sealMatches } from "../../db/row-seal";
 import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
+import { AppError } from "../../errors";
 import { type Logger, storedText } from "../../logging/logger";
 import type { AuditLog } from "../../plugins/audit/log";
 import type { CredentialVerifier } from "../../plugins/auth/credentials";
@@ -90,7 +92,13 @@ import {
   type PasswordStrengthModules,
   verifyPassword,
 } from "./passwords";
-import { fillReadings, readingOf, storedReading } from "./readings";
+import {
+  fillReadings,
+  idsOfOtherReadings,
+  READING_VERSION,
+  readingOf,
+  storedReading,
+} from "./readings";
 import { type RefreshSuccessor, unprefixedSuccessor } from "./refresh-successor";
 
 export interface RequestMeta {
@@ -257,6 +265,21 @@ export interface OperatorAccount {
   erased: boolean;
 }
 
+/**
+ * A registration refused because a release that reads addresses otherwise took the file: its
+ * look-alike check would miss that release's accounts. This process stops at its next check.
+ */
+export class ReadingsTaken extends AppError {
+  constructor() {
+    super(
+      "SERVICE_UNAVAILABLE",
+      "This process is stopping: another release now serves its database. Retry shortly.",
+      undefined,
+      { "retry-after": "5" },
+    );
+  }
+}
+
 /** Addresses of rows stored before normalisation whose keys a process keeps (unkeyedKeys). */
 const UNKEYED_KEYS_REMEMBERED = 1_000_000;
 
@@ -269,6 +292,8 @@ export class AuthService {
   private dummyHashReady = false;
   private readonly db: AppDatabase;
   private readonly statements: ReturnType<typeof prepareStatements>;
+  /** Whether no release that reads addresses otherwise took the file (db/readings-mark.ts). */
+  private readonly readingsStillOurs: () => boolean;
   private readonly passwordWork: PasswordWork;
   /** The used tokens of ended sessions whose presentation this process has audited (refresh). */
   private readonly reusedAfterEnd = new RecentEntries<true>(10_000);
@@ -304,6 +329,7 @@ export class AuthService {
     };
     this.db = drizzleOf(options.sqlite);
     this.statements = prepareStatements(this.db);
+    this.readingsStillOurs = readingsMarkWatch(options.sqlite, READING_VERSION);
     // Made now, not at the first unknown-email login, so that login is not the slow one.
     if (options.prepareLogin !== false) void this.dummy();
     const refolded = refoldEmailKeys(this.db, options.seal);
@@ -501,10 +527,14 @@ export class AuthService {
       // first) is taken, answered as the same address is (probe 90b F2). The reading is the one
       // of the account's sealed address, not the column's: moved in the file, a reading took any
       // free address (probe 91a F4).
-      const taken = this.statements.usersByReading.all({ value: reading }).some((row) => {
-        const account = this.sealed(row);
-        return account !== null && readingOf(account.email) === reading;
-      });
+      const readsAsThis = (account: UserRow | null) =>
+        account !== null && readingOf(account.email) === reading;
+      // And an account whose reading is another release's, read here (probe 94g F1).
+      const taken =
+        this.statements.usersByReading
+          .all({ value: reading })
+          .some((row) => readsAsThis(this.sealed(row))) ||
+        idsOfOtherReadings(this.options.sqlite).some((other) => readsAsThis(this.userById(other)));
       // A key an earlier release folded once (`straße` for `STRAẞE`) that folds to this one holds
       // the address too, whether or not its row matches its seal, as the unique index holds a
       // key: a start folds it once the row is put right, and an account registered meanwhile
@@ -532,6 +562,9 @@ export class AuthService {
       // one process or several, are one account (the unique index decides only the same key).
       const created = this.db.transaction(
         () => {
+          // Another release took the file: its readings are not the ones looked up here, and
+          // this process stops at its next check (db/readings-mark.ts; probe 94g F1).
+          if (!this.readingsStillOurs()) throw new ReadingsTaken();
           if (duplicate()) return false;
           this.db
             .insert(users)

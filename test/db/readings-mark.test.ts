@@ -1,0 +1,238 @@
+/**
+ * Two releases whose readings of addresses differ must not serve one file together (probe 94g F1:
+ * each looked up readings of its own version only, and let look-alikes of the other's accounts
+ * register). The file carries the readings' mark of the release that serves it; a start takes it,
+ * a process of the other release refuses registrations at once and stops at its next check, and a
+ * CLI command of the other release refuses the file.
+ */
+import { Database } from "bun:sqlite";
+import { describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { openDatabase } from "../../src/db/client";
+import { applyMigrations } from "../../src/db/migrate";
+import {
+  markedVersion,
+  readingsMarkSql,
+  readingsMarks,
+  readingsMarkWatch,
+  takeReadingsMark,
+} from "../../src/db/readings-mark";
+import { expectedSchema, schemaDifferences } from "../../src/db/schema-guard";
+import { READING_VERSION, storedReading } from "../../src/modules/auth/readings";
+import { buildTestApp, send, servicesTold, type TestApp, tempDir } from "../support/app";
+import { STRONG_PASSWORD } from "../support/auth";
+import { cleanupsAfterEach } from "../support/cleanups";
+import { cliInProcess } from "../support/cli";
+import { startService } from "../support/process";
+
+const cleanups = cleanupsAfterEach();
+/** Another release's reading version: 12 hex digits, as a version is. */
+const OTHER = "0123456789ab";
+
+function app(): TestApp {
+  const target = buildTestApp();
+  cleanups.push(() => target.close());
+  return target;
+}
+
+function migratedFile() {
+  const dir = tempDir();
+  cleanups.push(dir.remove);
+  const path = join(dir.path, "p.db");
+  const db = openDatabase(path);
+  applyMigrations(db);
+  return { path, db };
+}
+
+let peers = 0;
+function register(target: Parameters<typeof send>[0], email: string) {
+  peers++;
+  return send(target, "/api/auth/register", {
+    body: { email, password: STRONG_PASSWORD },
+    peer: `198.51.100.${peers}`,
+  });
+}
+
+const accounts = (sqlite: Database) =>
+  sqlite.query<{ n: number }, []>("SELECT count(*) AS n FROM users").get()!.n;
+
+describe("the mark", () => {
+  test("a take makes this version's mark once, drops another version's, and says what it found", () => {
+    const { db } = migratedFile();
+    const sqlite = db.$client;
+    expect(readingsMarks(sqlite)).toEqual([]);
+    expect(takeReadingsMark(sqlite, OTHER)).toEqual({ dropped: [], held: false });
+    expect(takeReadingsMark(sqlite, OTHER)).toEqual({ dropped: [], held: true });
+    expect(readingsMarks(sqlite)).toEqual([OTHER]);
+    expect(takeReadingsMark(sqlite, READING_VERSION)).toEqual({ dropped: [OTHER], held: false });
+    expect(readingsMarks(sqlite)).toEqual([READING_VERSION]);
+    // It indexes no row, and no query uses it.
+    sqlite.run(
+      "INSERT INTO users (id, email, email_key, password_hash, role, seal, reading, created_at, updated_at) VALUES ('u', 'a@b.example', 'a@b.example', 'x', 'user', 'x', 'r', 1, 1)",
+    );
+    const plan = sqlite
+      .query<{ detail: string }, []>("EXPLAIN QUERY PLAN SELECT id FROM users WHERE reading = 'r'")
+      .all()
+      .map((step) => step.detail)
+      .join(" ");
+    expect(plan).not.toContain("users_readings_");
+    db.$client.close();
+  });
+
+  test("the schema guard takes this version's mark as the migrations' own, another version's as a difference, and an index only named like a mark as someone else's", () => {
+    const { db } = migratedFile();
+    const sqlite = db.$client;
+    const expected = expectedSchema();
+    sqlite.run(readingsMarkSql(READING_VERSION));
+    expect(schemaDifferences(sqlite, expected, READING_VERSION)).toEqual([]);
+    sqlite.run(readingsMarkSql(OTHER));
+    expect(schemaDifferences(sqlite, expected, READING_VERSION)).toEqual([
+      `index users_readings_${OTHER} on users marks the accounts' readings as another release's (reading version ${OTHER}, this one's ${READING_VERSION})`,
+    ]);
+    // Inside the migrations, before a start takes the file: any mark.
+    expect(schemaDifferences(sqlite, expected)).toEqual([]);
+    // Named as a mark, made otherwise: a unique index would turn registrations into conflicts.
+    sqlite.run(`DROP INDEX "users_readings_${OTHER}"`);
+    sqlite.run(`CREATE UNIQUE INDEX "users_readings_${OTHER}" ON "users" ("reading") WHERE 0`);
+    expect(markedVersion(`users_readings_${OTHER}`, readingsMarkSql(OTHER))).toBe(OTHER);
+    const someoneElses = [`index users_readings_${OTHER} on users is not one of its migrations'`];
+    expect(schemaDifferences(sqlite, expected, READING_VERSION)).toEqual(someoneElses);
+    expect(schemaDifferences(sqlite, expected)).toEqual(someoneElses);
+    // And a take leaves it for the guard to refuse.
+    expect(takeReadingsMark(sqlite, READING_VERSION)).toEqual({ dropped: [], held: true });
+    // Another table's index by a mark's name is no mark either.
+    sqlite.run(`DROP INDEX "users_readings_${OTHER}"`);
+    sqlite.run(`CREATE INDEX "users_readings_${OTHER}" ON "api_keys" ("id") WHERE 0`);
+    expect(readingsMarks(sqlite)).toEqual([READING_VERSION]);
+    expect(schemaDifferences(sqlite, expected, READING_VERSION)).toEqual([
+      `index users_readings_${OTHER} on api_keys is not one of its migrations'`,
+    ]);
+    db.$client.close();
+  });
+
+  test("the watch reads the marks again only once the schema changed", () => {
+    const { db } = migratedFile();
+    const sqlite = db.$client;
+    const ours = readingsMarkWatch(sqlite, READING_VERSION);
+    expect(ours()).toBe(true);
+    takeReadingsMark(sqlite, READING_VERSION);
+    expect(ours()).toBe(true);
+    takeReadingsMark(sqlite, OTHER);
+    expect(ours()).toBe(false);
+    expect(ours()).toBe(false);
+    takeReadingsMark(sqlite, READING_VERSION);
+    expect(ours()).toBe(true);
+    db.$client.close();
+  });
+});
+
+describe("a process whose file another release took", () => {
+  test("refuses registrations at once (503, nothing written), and stops at its next check with a line saying why", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    const { services, logs, stops } = servicesTold(target);
+    cleanups.push(() => services.close());
+    takeReadingsMark(sqlite, READING_VERSION);
+    expect((await register(target, "first@example.com")).status).toBe(201);
+    services.runMaintenance();
+    expect(stops).toEqual([]);
+
+    takeReadingsMark(sqlite, OTHER);
+    const refused = await register(target, "second@example.com");
+    expect(refused.status).toBe(503);
+    expect(refused.headers.get("retry-after")).toBe("5");
+    expect((await refused.json()) as Record<string, unknown>).toMatchObject({
+      code: "SERVICE_UNAVAILABLE",
+      detail: "This process is stopping: another release now serves its database. Retry shortly.",
+    });
+    expect(accounts(sqlite)).toBe(1);
+
+    services.runMaintenance();
+    const difference = `index users_readings_${OTHER} on users marks the accounts' readings as another release's (reading version ${OTHER}, this one's ${READING_VERSION})`;
+    expect(stops).toEqual([[difference]]);
+    expect(logs.entries.find((entry) => entry.level === "error")).toMatchObject({
+      msg: `a process of another release, whose readings of addresses differ (reading version ${OTHER}), started on this file and took it: stopping (two such releases cannot serve one file together: each would let look-alikes of the other's accounts register)`,
+      differences: [difference],
+    });
+  });
+
+  test("an account a process of the other release registered meanwhile, its reading that release's, still holds its look-alikes", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    expect((await register(target, "pay@d.example")).status).toBe(201);
+    expect((await register(target, "pop@d.example")).status).toBe(201);
+    // As the other release stored them: its own reading, or none.
+    sqlite.run(`UPDATE users SET reading = '${OTHER}:pay@d.example' WHERE email = 'pay@d.example'`);
+    sqlite.run("UPDATE users SET reading = NULL WHERE email = 'pop@d.example'");
+    // `рау` and `рор` with Cyrillic letters read as `pay` and `pop`.
+    expect((await register(target, "\u0440\u0430\u0443@d.example")).status).toBe(409);
+    expect((await register(target, "\u0440\u043e\u0440@d.example")).status).toBe(409);
+    expect(accounts(sqlite)).toBe(2);
+    // An address no account reads as still registers.
+    expect((await register(target, "other@d.example")).status).toBe(201);
+  });
+});
+
+describe("a start and a command", () => {
+  test("a start takes a file another release marked: its mark dropped, the readings written again, and a warning", async () => {
+    const { path, db } = migratedFile();
+    db.$client.run(readingsMarkSql(OTHER));
+    db.$client.run(
+      `INSERT INTO users (id, email, email_key, password_hash, role, seal, reading, created_at, updated_at)
+       VALUES ('u', 'pay@d.example', 'pay@d.example', 'x', 'user', 'x', '${OTHER}:pay@d.example', 1, 1)`,
+    );
+    db.$client.close();
+    const service = await startService({ DATABASE_PATH: path });
+    await service.stop();
+    const line = service
+      .stdout()
+      .split("\n")
+      .filter((entry) => entry.includes("were another release's"))
+      .map((entry) => JSON.parse(entry) as Record<string, unknown>);
+    expect(line).toHaveLength(1);
+    expect(line[0]).toMatchObject({
+      level: "warn",
+      readingVersions: [OTHER],
+      readingVersion: READING_VERSION,
+    });
+    const file = new Database(path, { readonly: true });
+    try {
+      expect(readingsMarks(file)).toEqual([READING_VERSION]);
+      expect(file.query("SELECT reading FROM users").get()).toEqual({
+        reading: storedReading("pay@d.example"),
+      });
+    } finally {
+      file.close();
+    }
+  }, 30_000);
+
+  test("a command refuses a file another release marked, in one line, and leaves it as it was; on a file with no mark, one that builds the services marks it", async () => {
+    const { path, db } = migratedFile();
+    db.$client.run(readingsMarkSql(OTHER));
+    db.$client.close();
+    const refused = await cliInProcess(["users:list"], { DATABASE_PATH: path });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(
+      `palisade users:list: DATABASE_PATH ${path}: its accounts' readings (look-alike addresses) are another release's (reading version ${OTHER}, this one's ${READING_VERSION}), which may be serving it: run this command with that release, or start this release on the file first`,
+    );
+    const file = new Database(path);
+    try {
+      expect(readingsMarks(file)).toEqual([OTHER]);
+      file.run(`DROP INDEX "users_readings_${OTHER}"`);
+    } finally {
+      file.close();
+    }
+    const made = await cliInProcess(
+      ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],
+      { DATABASE_PATH: path },
+      STRONG_PASSWORD,
+    );
+    expect(made.code).toBe(0);
+    const after = new Database(path, { readonly: true });
+    try {
+      expect(readingsMarks(after)).toEqual([READING_VERSION]);
+    } finally {
+      after.close();
+    }
+  }, 30_000);
+});
