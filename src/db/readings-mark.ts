@@ -2,7 +2,8 @@
  * @module
  * Which release's readings (modules/auth/readings.ts) the accounts in a file are stored by, as a
  * mark the schema guard sees: an index on `users` named for the reading version, over no row
- * (`WHERE 0`: never used, never written). Two releases whose readings differ must not serve one
+ * (`WHERE 0`: never used, never written), of its `id`, which no migration drops (one of `reading`
+ * stopped a migration dropping that column). Two releases whose readings differ must not serve one
  * file together: each looks up readings of its own version only, so while both ran, each let a
  * look-alike of the other's accounts register (probe 94g F1: a rolling upgrade, or an older
  * release started after a newer one).
@@ -26,7 +27,7 @@ export function readingsMarkName(version: string): string {
 
 /** The mark exactly as SQLite stores it in `sqlite_master` (the guard compares it to the character). */
 export function readingsMarkSql(version: string): string {
-  return `CREATE INDEX "${readingsMarkName(version)}" ON "users" ("reading") WHERE 0`;
+  return `CREATE INDEX "${readingsMarkName(version)}" ON "users" ("id") WHERE 0`;
 }
 
 /**

@@ -93,7 +93,7 @@ describe("the mark", () => {
     expect(schemaDifferences(sqlite, expected)).toEqual([]);
     // Named as a mark, made otherwise: a unique index would turn registrations into conflicts.
     sqlite.run(`DROP INDEX "users_readings_${OTHER}"`);
-    sqlite.run(`CREATE UNIQUE INDEX "users_readings_${OTHER}" ON "users" ("reading") WHERE 0`);
+    sqlite.run(`CREATE UNIQUE INDEX "users_readings_${OTHER}" ON "users" ("id") WHERE 0`);
     expect(markedVersion(`users_readings_${OTHER}`, readingsMarkSql(OTHER))).toBe(OTHER);
     const someoneElses = [`index users_readings_${OTHER} on users is not one of its migrations'`];
     expect(schemaDifferences(sqlite, expected, READING_VERSION)).toEqual(someoneElses);
