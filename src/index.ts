@@ -26,7 +26,6 @@ import {
   reportDroppedTriggers,
 } from "./db/foreign-triggers";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "./db/migrate";
-import { takeReadingsMark } from "./db/readings-mark";
 import {
   assertSchemaUnchanged,
   createSchemaGuard,
@@ -206,7 +205,6 @@ try {
   const opened = db.$client;
   migrations = applyMigrations(
     db,
-    undefined,
     sealing.companions,
     () => {
       assertAuditKeyMatchesBeforeMigrating(opened, keys);
@@ -255,7 +253,8 @@ for (const again of resealed) logger.error(again.fields, again.message);
 
 // Every table and index as the migrations made them: a table rebuilt with a constraint that
 // ignores conflicts would make Palisade's own writes silently do nothing (db/schema-guard).
-// Another release's readings' mark is no refusal: this start takes the file (below).
+// Another release's readings' mark is no refusal: this start takes the file once it can no longer
+// fail (below, once the port is bound).
 let servedReadings: string | null = null;
 const schemaGuard = createSchemaGuard(db.$client, () => servedReadings);
 const schemaDifferences = schemaGuard.changes();
@@ -263,34 +262,6 @@ if (schemaDifferences.length > 0) {
   recordBeforeRefusing(db.$client, keys, logger, droppedTriggerEvents(droppedTriggers));
   fail(
     `refusing to start: ${schemaChangedMessage(config.databasePath, schemaDifferences, migrations.fromNewerReleases)}`,
-  );
-}
-
-// Before the readings are written again (modules/auth/readings.ts): a process of a release that
-// reads addresses otherwise stops serving this file (db/readings-mark.ts; probe 94g F1).
-try {
-  const taken = takeReadingsMark(db.$client, READING_VERSION);
-  servedReadings = READING_VERSION;
-  if (taken.dropped.length > 0) {
-    logger.warn(
-      { readingVersions: taken.dropped, readingVersion: READING_VERSION },
-      "the accounts' readings (look-alike addresses) were another release's: this start takes the file, writes them again, and any process of that release still serving it refuses registrations now and stops at its next check (two releases that read addresses otherwise cannot serve one file together)",
-    );
-  } else if (!taken.held) {
-    logger.info(
-      { readingVersion: READING_VERSION },
-      "the accounts' readings (look-alike addresses) are marked as this release's: a process of an earlier release still serving this file stops at its next check, saying an index on users is not one of its migrations'",
-    );
-  }
-} catch (error) {
-  fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
-}
-
-const newerMigrations = migrations.fromNewerReleases;
-if (newerMigrations > 0) {
-  logger.warn(
-    { newerMigrations },
-    `the database was migrated by a newer release: ${newerMigrations} of its migrations are unknown to this one, whose writes its schema may refuse`,
   );
 }
 
@@ -388,6 +359,16 @@ try {
           "the profile this start serves could not be recorded in the database; operator commands run without APP_ENV read the last one recorded",
         );
       }
+      // Last, once nothing can refuse this start: the accounts' readings of another version are
+      // written again, taking the file from a release that reads addresses otherwise, whose
+      // processes stop (modules/auth/readings-upkeep.ts; probe 95a F2: taken before the port was
+      // bound, a start refused for it had stopped the running service and served nothing).
+      try {
+        services.auth.keepReadings({ atStart: true });
+      } catch (error) {
+        fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
+      }
+      servedReadings = READING_VERSION;
       setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
     },
     onDrainTimeout: () => services.endInFlight(),

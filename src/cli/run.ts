@@ -18,7 +18,7 @@ import {
   reportDroppedTriggers,
 } from "../db/foreign-triggers";
 import { applyMigrations, type MigrationStatus, migrationsFailed } from "../db/migrate";
-import { otherReadingsMarks, takeReadingsMark } from "../db/readings-mark";
+import { otherReadingsMarks } from "../db/readings-mark";
 import {
   assertSchemaUnchanged,
   createSchemaGuard,
@@ -190,7 +190,6 @@ export async function runCli(
         try {
           migrated = applyMigrations(
             db,
-            undefined,
             sealing.companions,
             () => {
               assertAuditKeyMatchesBeforeMigrating(sqlite, keys);
@@ -211,9 +210,9 @@ export async function runCli(
         }
         const changedSchema = createSchemaGuard(db.$client).differences();
         if (changedSchema.length > 0) throw refuse(changedSchema, migrated.fromNewerReleases);
-        // A command writes readings of its own (modules/auth/readings.ts): beside a release that
-        // reads addresses otherwise, it would hide that release's accounts from its look-alike
-        // check. Only a start takes a file from another release (db/readings-mark.ts).
+        // Another release serves the file by readings of its own (db/readings-mark.ts): a command's
+        // registration would not see its accounts' look-alikes. A command never takes a file nor
+        // writes readings again (modules/auth/readings-upkeep.ts): a start does.
         const otherReadings = otherReadingsMarks(sqlite, READING_VERSION);
         if (otherReadings.length > 0) {
           throw new CliError(
@@ -243,10 +242,6 @@ export async function runCli(
       return db;
     },
     services: () => {
-      // The services write the readings (modules/auth/readings.ts): the file is marked as this
-      // release's first, which stops a process of an earlier release still serving it (that
-      // process says an index on users is not one of its migrations').
-      if (!services) takeReadingsMark(context.db().$client, READING_VERSION);
       services ??= createServices({
         config: context.config(),
         db: context.db(),

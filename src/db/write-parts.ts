@@ -39,20 +39,47 @@ export function inWriteParts<T>(
   let at = 0;
   while (at < items.length) {
     if (at > 0) Bun.sleepSync(PART_PAUSE_MS);
-    at = sqlite
-      .transaction((from: number) => {
-        const started = now();
-        let next = from;
-        do {
-          write(items[next] as T);
-          next++;
-        } while (
-          next < items.length &&
-          next - from < PART_ROWS &&
-          now() - started < PART_BUDGET_MS
-        );
-        return next;
-      })
-      .immediate(at);
+    at = sqlite.transaction((from: number) => writePart(items, from, write, now)).immediate(at);
   }
+}
+
+/**
+ * `write` for each item as inWriteParts writes them, while the process serves: the pause between
+ * two parts is an event-loop turn's sleep, so requests are answered meanwhile. Each part first
+ * asks `keepGoing` inside its transaction, where no other process can write: once it says no, no
+ * further part is written. Resolves to whether every item was written.
+ */
+export async function inWritePartsWhileServing<T>(
+  sqlite: Database,
+  items: readonly T[],
+  write: (item: T) => void,
+  keepGoing: () => boolean,
+  now: () => number = () => performance.now(),
+): Promise<boolean> {
+  let at = 0;
+  while (at < items.length) {
+    if (at > 0) await Bun.sleep(PART_PAUSE_MS);
+    const next = sqlite
+      .transaction((from: number) => (keepGoing() ? writePart(items, from, write, now) : null))
+      .immediate(at);
+    if (next === null) return false;
+    at = next;
+  }
+  return true;
+}
+
+/** One part from `from`, inside its transaction: returns where the next part starts. */
+function writePart<T>(
+  items: readonly T[],
+  from: number,
+  write: (item: T) => void,
+  now: () => number,
+): number {
+  const started = now();
+  let next = from;
+  do {
+    write(items[next] as T);
+    next++;
+  } while (next < items.length && next - from < PART_ROWS && now() - started < PART_BUDGET_MS);
+  return next;
 }

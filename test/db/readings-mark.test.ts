@@ -18,12 +18,16 @@ import {
   takeReadingsMark,
 } from "../../src/db/readings-mark";
 import { expectedSchema, schemaDifferences } from "../../src/db/schema-guard";
-import { READING_VERSION, storedReading } from "../../src/modules/auth/readings";
+import {
+  OTHER_READINGS_READ,
+  READING_VERSION,
+  storedReading,
+} from "../../src/modules/auth/readings";
 import { buildTestApp, send, servicesTold, type TestApp, tempDir } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
 import { cleanupsAfterEach } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
-import { startService } from "../support/process";
+import { runToExit, startService } from "../support/process";
 
 const cleanups = cleanupsAfterEach();
 /** Another release's reading version: 12 hex digits, as a version is. */
@@ -51,6 +55,15 @@ function register(target: Parameters<typeof send>[0], email: string) {
     body: { email, password: STRONG_PASSWORD },
     peer: `198.51.100.${peers}`,
   });
+}
+
+/** An account row as a process of another release wrote it (no seal: the readings ignore it). */
+function insertAccount(sqlite: Database, id: string, email: string, reading: string | null) {
+  sqlite.run(
+    `INSERT INTO users (id, email, email_key, password_hash, role, seal, reading, created_at, updated_at)
+     VALUES (?, ?, ?, 'x', 'user', 'x', ?, 1, 1)`,
+    [id, email, email, reading],
+  );
 }
 
 const accounts = (sqlite: Database) =>
@@ -173,14 +186,121 @@ describe("a process whose file another release took", () => {
   });
 });
 
+describe("readings of another version written while serving (probe 95a F1)", () => {
+  /** `count` accounts of another version's reading, as its process wrote them. */
+  function otherReadings(sqlite: Database, count: number) {
+    sqlite.transaction(() => {
+      for (let n = 0; n < count; n++) {
+        insertAccount(sqlite, `o${n}`, `pay${n}@d.example`, `${OTHER}:pay${n}@d.example`);
+      }
+    })();
+  }
+  const ofThisVersion = (sqlite: Database) =>
+    sqlite
+      .query<{ n: number }, [string]>("SELECT count(*) AS n FROM users WHERE reading LIKE ?")
+      .get(`${READING_VERSION}:%`)!.n;
+
+  test("past what a registration reads, registrations wait (503) until the maintenance has written them again; the look-alikes of every one are then taken", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    // One account registered (sealed: only a sealed address's reading holds it), and as many
+    // others as a registration reads, every reading another version's.
+    expect((await register(target, "pay@d.example")).status).toBe(201);
+    sqlite.run(`UPDATE users SET reading = '${OTHER}:pay@d.example'`);
+    otherReadings(sqlite, OTHER_READINGS_READ);
+    // `рау` in Cyrillic reads as `pay`.
+    const lookAlike = "\u0440\u0430\u0443@d.example";
+    const waiting = await register(target, lookAlike);
+    expect(waiting.status).toBe(503);
+    expect(waiting.headers.get("retry-after")).toBe("10");
+    expect(((await waiting.json()) as { detail: string }).detail).toBe(
+      "Accounts are being upgraded; retry shortly.",
+    );
+    const { services, logs } = servicesTold(target);
+    cleanups.push(() => services.close());
+    services.runMaintenance();
+    await services.auth.readingsSettled();
+    expect(ofThisVersion(sqlite)).toBe(OTHER_READINGS_READ + 1);
+    expect(readingsMarks(sqlite)).toEqual([READING_VERSION]);
+    expect(logs.entries.map((entry) => entry.msg)).toContain(
+      "accounts' readings (look-alike addresses) of another version found: the file is marked as this release's while they are written again; a process of an earlier release still serving it stops at its next check, saying an index on users is not one of its migrations'",
+    );
+    expect((await register(target, lookAlike)).status).toBe(409);
+    expect(accounts(sqlite)).toBe(OTHER_READINGS_READ + 1);
+    // Nothing left of another version: the next tick writes nothing, and leaves the mark.
+    services.runMaintenance();
+    await services.auth.readingsSettled();
+    expect(readingsMarks(sqlite)).toEqual([READING_VERSION]);
+  });
+
+  test("the rewrite writes no part once another release took the file", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    otherReadings(sqlite, 3_000);
+    const { services, logs } = servicesTold(target);
+    cleanups.push(() => services.close());
+    services.auth.keepReadings({ atStart: true });
+    // Its first part is written before the first pause; the other release takes the file then.
+    const beforeTake = ofThisVersion(sqlite);
+    expect(beforeTake).toBeGreaterThan(0);
+    expect(beforeTake).toBeLessThan(3_000);
+    takeReadingsMark(sqlite, OTHER);
+    await services.auth.readingsSettled();
+    expect(ofThisVersion(sqlite)).toBe(beforeTake);
+    expect(logs.entries.find((entry) => entry.level === "warn")).toMatchObject({
+      msg: "another release took the file while this process wrote the accounts' readings: it wrote no more of them",
+      accounts: beforeTake,
+    });
+  });
+});
+
 describe("a start and a command", () => {
+  test("a start refused once its port is found taken leaves the file as it was: its mark and readings another release's (probe 95a F2)", async () => {
+    const { path, db } = migratedFile();
+    db.$client.run(readingsMarkSql(OTHER));
+    insertAccount(db.$client, "u", "pay@d.example", `${OTHER}:pay@d.example`);
+    db.$client.close();
+    const taken = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    try {
+      const start = await runToExit(["bun", "run", "src/index.ts"], {
+        DATABASE_PATH: path,
+        HOST: "127.0.0.1",
+        PORT: String(taken.port),
+      });
+      expect(start.code).toBe(2);
+      expect(start.stderr).toContain("refusing to start");
+    } finally {
+      taken.stop(true);
+    }
+    const file = new Database(path, { readonly: true });
+    try {
+      expect(readingsMarks(file)).toEqual([OTHER]);
+      expect(file.query("SELECT reading FROM users").get()).toEqual({
+        reading: `${OTHER}:pay@d.example`,
+      });
+    } finally {
+      file.close();
+    }
+  }, 30_000);
+
+  test("a start on a file whose readings are all its own leaves it unmarked: a release before the mark that reads addresses the same way goes on serving it (probe 95a F3)", async () => {
+    const { path, db } = migratedFile();
+    insertAccount(db.$client, "u", "pay@d.example", storedReading("pay@d.example"));
+    db.$client.close();
+    const service = await startService({ DATABASE_PATH: path });
+    await service.stop();
+    const file = new Database(path, { readonly: true });
+    try {
+      expect(readingsMarks(file)).toEqual([]);
+    } finally {
+      file.close();
+    }
+  }, 30_000);
+
   test("a start takes a file another release marked: its mark dropped, the readings written again, and a warning", async () => {
     const { path, db } = migratedFile();
     db.$client.run(readingsMarkSql(OTHER));
-    db.$client.run(
-      `INSERT INTO users (id, email, email_key, password_hash, role, seal, reading, created_at, updated_at)
-       VALUES ('u', 'pay@d.example', 'pay@d.example', 'x', 'user', 'x', '${OTHER}:pay@d.example', 1, 1)`,
-    );
+    insertAccount(db.$client, "u", "pay@d.example", `${OTHER}:pay@d.example`);
     db.$client.close();
     const service = await startService({ DATABASE_PATH: path });
     await service.stop();
@@ -206,7 +326,7 @@ describe("a start and a command", () => {
     }
   }, 30_000);
 
-  test("a command refuses a file another release marked, in one line, and leaves it as it was; on a file with no mark, one that builds the services marks it", async () => {
+  test("a command refuses a file another release marked, in one line, and leaves it as it was; a command never marks a file", async () => {
     const { path, db } = migratedFile();
     db.$client.run(readingsMarkSql(OTHER));
     db.$client.close();
@@ -219,9 +339,12 @@ describe("a start and a command", () => {
     try {
       expect(readingsMarks(file)).toEqual([OTHER]);
       file.run(`DROP INDEX "users_readings_${OTHER}"`);
+      // An account of another version's reading, as a release before the mark wrote it.
+      insertAccount(file, "u", "pay@d.example", `${OTHER}:pay@d.example`);
     } finally {
       file.close();
     }
+    // Probe 95a F3: a command marked the file, and stopped a release before the mark serving it.
     const made = await cliInProcess(
       ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],
       { DATABASE_PATH: path },
@@ -230,7 +353,10 @@ describe("a start and a command", () => {
     expect(made.code).toBe(0);
     const after = new Database(path, { readonly: true });
     try {
-      expect(readingsMarks(after)).toEqual([READING_VERSION]);
+      expect(readingsMarks(after)).toEqual([]);
+      expect(after.query("SELECT reading FROM users WHERE id = 'u'").get()).toEqual({
+        reading: `${OTHER}:pay@d.example`,
+      });
     } finally {
       after.close();
     }

@@ -1,6 +1,6 @@
 import { generateSecret } from "../../config/secrets";
 import { INVALID_EMAIL_MESSAGES } from "../../modules/auth/email";
-import type { OperatorAccount } from "../../modules/auth/service";
+import { type OperatorAccount, ReadingsBeingWritten } from "../../modules/auth/service";
 import type { Role } from "../../plugins/auth/principal";
 import {
   CliError,
@@ -89,7 +89,18 @@ export const usersCreate: Command = {
     // A generated password: 32 random bytes, far past any strength rule, in no credential's shape
     // (it was a refresh token's, which scanners and the log scrubber then took it for).
     const password = fromStdin ? passwordOfStdin(await context.readStdin()) : generateSecret();
-    const outcome = await context.services().auth.register(email, password, null, role);
+    const outcome = await context
+      .services()
+      .auth.register(email, password, null, role)
+      .catch((error: unknown) => {
+        // A command writes no readings again (modules/auth/readings-upkeep.ts): a start does.
+        if (error instanceof ReadingsBeingWritten) {
+          throw new CliError(
+            "too many accounts' readings (look-alike addresses) are of another version to check this address against them: start this release on the file, which writes them again, then retry",
+          );
+        }
+        throw error;
+      });
     switch (outcome.code) {
       case "INVALID_EMAIL":
         throw new CliError(`--email: ${INVALID_EMAIL_MESSAGES[outcome.reason]}`, EXIT_USAGE);

@@ -141,6 +141,8 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     readiness: { logins: () => service.prepared() },
     maintenance: (now) => {
       service.pruneSessions(now);
+      // Accounts another release's process wrote since (./readings-upkeep.ts; probe 95a F1).
+      service.keepReadings();
     },
     privacy: [
       sessionsContributor(db, service, seal),

@@ -8,11 +8,11 @@
  * The version is a hash of the reading's rules (the look-alike lists and the revision of the code
  * that applies them) and the runtime's Unicode version (NFKC and the script properties are the
  * runtime's): a release that reads a letter otherwise, or a Bun with newer Unicode tables, finds
- * every stored reading out of date and writes them again at its first start, in short write parts
- * (processes starting together write each once).
+ * every stored reading out of date and writes them again once its first start can no longer fail,
+ * in short write parts between requests (./readings-upkeep.ts).
  */
 import type { Database } from "bun:sqlite";
-import { inWriteParts } from "../../db/write-parts";
+import { inWritePartsWhileServing } from "../../db/write-parts";
 import { readingRulesText } from "../../look-alikes";
 import { normalizeEmail, readKey, STORED_ADDRESS_BYTES, STORED_ADDRESS_LONGEST } from "./email";
 
@@ -46,39 +46,46 @@ export function readingOf(email: string): string {
 }
 
 /** The most accounts a registration reads whose reading is not of this version (below). */
-export const OTHER_READINGS_READ = 1000;
+export const OTHER_READINGS_READ = 100;
+
+/** The `reading` range of this version's readings: every one is in [from, past). */
+const versionRange = (): [string, string] =>
+  // ';' follows ':' in ASCII.
+  [`${READING_VERSION}:`, `${READING_VERSION};`];
 
 /**
- * The ids of accounts whose reading is missing or of another version: none once a start wrote
- * them, but for an account a process of an earlier release registered while this one's start took
- * the file, before that process stopped (db/readings-mark.ts; probe 94g F1). A registration
- * reads these addresses itself. At most OTHER_READINGS_READ: more is a file written otherwise
- * (a start writes them all again).
+ * The ids of up to `limit` accounts whose reading is missing or of another version: none once
+ * this release wrote them (./readings-upkeep.ts), but for accounts a process of another release
+ * wrote since, until the next maintenance tick writes them again. A registration reads those
+ * addresses itself, up to OTHER_READINGS_READ of them, inside its write transaction.
  */
-export function idsOfOtherReadings(sqlite: Database): string[] {
+export function idsOfOtherReadings(sqlite: Database, limit: number): string[] {
   return sqlite
     .query<{ id: string }, [string, string, number]>(
       `SELECT id FROM users INDEXED BY users_reading
         WHERE reading IS NULL OR reading < ?1 OR reading >= ?2 LIMIT ?3`,
     )
-    .all(`${READING_VERSION}:`, `${READING_VERSION};`, OTHER_READINGS_READ)
+    .all(...versionRange(), limit)
     .map((row) => row.id);
 }
 
 /**
- * Writes the reading of every account whose reading is missing or of another version; returns
- * how many. Read through the index: this version's readings are one text range, the rest are
- * before or after it. A row whose address is not text, or longer than an address can be (written
- * into the file), gets this version with nothing after it, which no address reads as: a 40 MB
- * address held a start for 70 s and 4.6 GB (probe 91a F5), and SQLite hands over none of it.
- * Written in short parts (db/write-parts.ts; probe 94a F4: 200,000 in one transaction held the
- * write lock 1.4–2.5 s), each row only if its address is still the one read, and its reading still
- * out of date (processes starting together write each once).
+ * Writes the reading of every account whose reading is missing or of another version, while the
+ * process serves; resolves to how many, and whether it wrote them all (`keepGoing`, asked in each
+ * part's transaction, said to stop: another release took the file, probe 95a F1). Read through
+ * the index: this version's readings are one text range, the rest are before or after it. A row
+ * whose address is not text, or longer than an address can be (written into the file), gets this
+ * version with nothing after it, which no address reads as: a 40 MB address held a start for 70 s
+ * and 4.6 GB (probe 91a F5), and SQLite hands over none of it. Written in short parts
+ * (db/write-parts.ts; probe 94a F4: 200,000 in one transaction held the write lock 1.4–2.5 s), each
+ * row only if its address is still the one read, and its reading still out of date (processes
+ * writing together write each once).
  */
-export function fillReadings(sqlite: Database): number {
-  const thisVersion = `${READING_VERSION}:`;
-  // ';' follows ':' in ASCII: every reading of this version is in [thisVersion, pastVersion).
-  const pastVersion = `${READING_VERSION};`;
+export async function rewriteReadings(
+  sqlite: Database,
+  keepGoing: () => boolean,
+): Promise<{ written: number; complete: boolean }> {
+  const [thisVersion, pastVersion] = versionRange();
   // Bounded in bytes, which SQL reads without the text (probe 94d F1: `length` stops at a NUL, and
   // a value of megabytes behind one was read whole inside a write part, 6.3 s), as registration
   // bounds a row stored before normalisation (94d F3: read to 254 only, a padded one was given no
@@ -98,19 +105,24 @@ export function fillReadings(sqlite: Database): number {
         AND (reading IS NULL OR reading < ?1 OR reading >= ?2)`,
   );
   let written = 0;
-  inWriteParts(sqlite, stale, (row) => {
-    const reading =
-      typeof row.email === "string" && row.email.length <= STORED_ADDRESS_LONGEST
-        ? readingOf(row.email)
-        : thisVersion;
-    written += write.run(
-      thisVersion,
-      pastVersion,
-      STORED_ADDRESS_BYTES,
-      reading,
-      row.rowid,
-      row.email,
-    ).changes;
-  });
-  return written;
+  const complete = await inWritePartsWhileServing(
+    sqlite,
+    stale,
+    (row) => {
+      const reading =
+        typeof row.email === "string" && row.email.length <= STORED_ADDRESS_LONGEST
+          ? readingOf(row.email)
+          : thisVersion;
+      written += write.run(
+        thisVersion,
+        pastVersion,
+        STORED_ADDRESS_BYTES,
+        reading,
+        row.rowid,
+        row.email,
+      ).changes;
+    },
+    keepGoing,
+  );
+  return { written, complete };
 }

@@ -45,7 +45,6 @@ import type { Config } from "../../config";
 import { sqliteCodeOf } from "../../db/busy";
 import { type AppDatabase, drizzleOf } from "../../db/client";
 import { preparedOnUse } from "../../db/prepared-on-use";
-import { readingsMarkWatch } from "../../db/readings-mark";
 import { sealMatches } from "../../db/row-seal";
 import { authRevocations, refreshFamilies, refreshTokens, users } from "../../db/schema";
 import { AppError } from "../../errors";
@@ -92,13 +91,8 @@ import {
   type PasswordStrengthModules,
   verifyPassword,
 } from "./passwords";
-import {
-  fillReadings,
-  idsOfOtherReadings,
-  READING_VERSION,
-  readingOf,
-  storedReading,
-} from "./readings";
+import { idsOfOtherReadings, OTHER_READINGS_READ, readingOf, storedReading } from "./readings";
+import { ReadingsUpkeep } from "./readings-upkeep";
 import { type RefreshSuccessor, unprefixedSuccessor } from "./refresh-successor";
 
 export interface RequestMeta {
@@ -280,6 +274,18 @@ export class ReadingsTaken extends AppError {
   }
 }
 
+/**
+ * A registration refused while more accounts than it reads have readings of another version: the
+ * maintenance writes them again (./readings-upkeep.ts), and a CLI command never does.
+ */
+export class ReadingsBeingWritten extends AppError {
+  constructor() {
+    super("SERVICE_UNAVAILABLE", "Accounts are being upgraded; retry shortly.", undefined, {
+      "retry-after": "10",
+    });
+  }
+}
+
 /** Addresses of rows stored before normalisation whose keys a process keeps (unkeyedKeys). */
 const UNKEYED_KEYS_REMEMBERED = 1_000_000;
 
@@ -292,8 +298,8 @@ export class AuthService {
   private dummyHashReady = false;
   private readonly db: AppDatabase;
   private readonly statements: ReturnType<typeof prepareStatements>;
-  /** Whether no release that reads addresses otherwise took the file (db/readings-mark.ts). */
-  private readonly readingsStillOurs: () => boolean;
+  /** The accounts' readings kept of this release's version (./readings-upkeep.ts). */
+  private readonly readings: ReadingsUpkeep;
   private readonly passwordWork: PasswordWork;
   /** The used tokens of ended sessions whose presentation this process has audited (refresh). */
   private readonly reusedAfterEnd = new RecentEntries<true>(10_000);
@@ -329,7 +335,7 @@ export class AuthService {
     };
     this.db = drizzleOf(options.sqlite);
     this.statements = prepareStatements(this.db);
-    this.readingsStillOurs = readingsMarkWatch(options.sqlite, READING_VERSION);
+    this.readings = new ReadingsUpkeep(options.sqlite, options.logger);
     // Made now, not at the first unknown-email login, so that login is not the slow one.
     if (options.prepareLogin !== false) void this.dummy();
     const refolded = refoldEmailKeys(this.db, options.seal);
@@ -348,13 +354,20 @@ export class AuthService {
     this.reconcileEmailKeys();
     // Read at start, not by the first registration (probe 94g F3: 10 s of the event loop there).
     this.unkeyedRowClaims("");
-    const written = fillReadings(options.sqlite);
-    if (written > 0) {
-      options.logger.info(
-        { accounts: written },
-        "accounts' readings written (look-alike addresses)",
-      );
-    }
+  }
+
+  /**
+   * Writes the accounts' readings again where some are another version's, taking the file for
+   * this release (./readings-upkeep.ts): once a start can no longer fail (`atStart`), and at each
+   * maintenance tick. Never by a CLI command.
+   */
+  keepReadings(options: { atStart?: boolean } = {}): void {
+    this.readings.keep(options);
+  }
+
+  /** Resolves once the readings' rewrite under way, if any, has ended. */
+  readingsSettled(): Promise<void> {
+    return this.readings.settled();
   }
 
   private userById(id: string): UserRow | null {
@@ -529,12 +542,15 @@ export class AuthService {
       // free address (probe 91a F4).
       const readsAsThis = (account: UserRow | null) =>
         account !== null && readingOf(account.email) === reading;
-      // And an account whose reading is another release's, read here (probe 94g F1).
+      // And an account whose reading is another version's, read here (probe 94g F1); more than
+      // a few are being written again (95a F1: the rest were not read, and look-alikes registered).
+      const others = idsOfOtherReadings(this.options.sqlite, OTHER_READINGS_READ + 1);
+      if (others.length > OTHER_READINGS_READ) throw new ReadingsBeingWritten();
       const taken =
         this.statements.usersByReading
           .all({ value: reading })
           .some((row) => readsAsThis(this.sealed(row))) ||
-        idsOfOtherReadings(this.options.sqlite).some((other) => readsAsThis(this.userById(other)));
+        others.some((other) => readsAsThis(this.userById(other)));
       // A key an earlier release folded once (`straße` for `STRAẞE`) that folds to this one holds
       // the address too, whether or not its row matches its seal, as the unique index holds a
       // key: a start folds it once the row is put right, and an account registered meanwhile
@@ -564,7 +580,7 @@ export class AuthService {
         () => {
           // Another release took the file: its readings are not the ones looked up here, and
           // this process stops at its next check (db/readings-mark.ts; probe 94g F1).
-          if (!this.readingsStillOurs()) throw new ReadingsTaken();
+          if (!this.readings.stillOurs()) throw new ReadingsTaken();
           if (duplicate()) return false;
           this.db
             .insert(users)
