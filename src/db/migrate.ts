@@ -1,5 +1,4 @@
 import { fileURLToPath } from "node:url";
-import { migrate } from "drizzle-orm/bun-sqlite/migrator";
 import { firstLine } from "../error-line";
 import type { AppDatabase } from "./client";
 import { embeddedMigrations, LATEST_MIGRATION_MILLIS, MIGRATION_TAG_BY_MILLIS } from "./migrations";
@@ -55,23 +54,16 @@ export type MigrationCompanions = ReadonlyMap<string, (db: AppDatabase) => void>
 
 /**
  * Applies the committed migrations this database has not seen yet: the ones embedded in the code
- * (`./migrations`), or those of `migrationsFolder` when one is given (tests of older layouts).
- * Returns what the table records then, and which migrations this call applied. `beforeApplying`
+ * (`./migrations`; a folder's are applied by migrate-from-folder.ts). Returns what the table records then, and which migrations this call applied. `beforeApplying`
  * runs once, in the transaction, before the first of them, and `afterApplying` after the last
  * (and its companion): what either throws applies none, and undoes what the companions did.
  */
 export function applyMigrations(
   db: AppDatabase,
-  migrationsFolder?: string,
   companions: MigrationCompanions = new Map(),
   beforeApplying?: () => void,
   afterApplying?: () => void,
 ): MigrationStatus {
-  if (migrationsFolder !== undefined) {
-    const before = appliedMigrationTimes(db);
-    migrate(db, { migrationsFolder });
-    return statusOf(appliedMigrationTimes(db) ?? new Set(), before);
-  }
   const applied = appliedMigrationTimes(db);
   if (applied !== null) refuseGaps(applied);
   if (applied !== null && newestOf(applied) >= LATEST_MIGRATION_MILLIS) return statusOf(applied);
@@ -119,7 +111,7 @@ export function migrationStatus(db: Pick<AppDatabase, "$client">): MigrationStat
 }
 
 /** What `applied` records; `before` is what it recorded before this call applied the rest. */
-function statusOf(
+export function statusOf(
   applied: ReadonlySet<number>,
   before: ReadonlySet<number> | null = applied,
 ): MigrationStatus {
@@ -145,7 +137,7 @@ function statusOf(
  * without a migrations table (a new database). One read of a tiny table instead of the migrator's
  * create-if-missing, read and empty transaction (~1 ms of a restart, measured cold).
  */
-function appliedMigrationTimes(db: Pick<AppDatabase, "$client">): Set<number> | null {
+export function appliedMigrationTimes(db: Pick<AppDatabase, "$client">): Set<number> | null {
   let rows: unknown[][];
   try {
     // drizzle's `id SERIAL` is no rowid alias in SQLite (every id is NULL): rows are named by rowid.

@@ -6,7 +6,6 @@
  * Each kind of row derives its own key from a label, so a seal made for one kind never matches
  * another. (The credential seals, plugins/auth/seal.ts; the WhatsApp outbox, modules/webhooks.)
  */
-import { createHmac, timingSafeEqual } from "node:crypto";
 import { spellOut } from "../logging/spell-out";
 
 /** The seal of a row's fields under the key derived from `auditSecret` for `label`. */
@@ -14,7 +13,7 @@ export function createRowSealer(
   auditSecret: string,
   label: string,
 ): (fields: readonly unknown[]) => string {
-  const key = createHmac("sha256", auditSecret).update(label).digest();
+  const key = new Bun.CryptoHasher("sha256", auditSecret).update(label).digest();
   // A JSON array keeps the fields apart whatever they contain (no separator to smuggle in). Bun's
   // own HMAC: half the cost of node:crypto's per seal (1.5 against 2.9 µs, measured in process).
   return (fields) =>
@@ -41,7 +40,7 @@ export function sealMatches(expected: string, stored: string | null | undefined)
   // must be a mismatch, not a RangeError from timingSafeEqual.
   const given = Buffer.from(stored);
   const wanted = Buffer.from(expected);
-  return given.length === wanted.length && timingSafeEqual(given, wanted);
+  return given.length === wanted.length && crypto.timingSafeEqual(given, wanted);
 }
 
 /** Rows remembered as reported, per process; past it the memory starts again (reports resume). */

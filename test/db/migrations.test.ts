@@ -14,6 +14,7 @@ import {
   MigrationRecordError,
   migrationStatus,
 } from "../../src/db/migrate";
+import { applyMigrationsFrom } from "../../src/db/migrate-from-folder";
 import {
   embeddedMigrations,
   LATEST_MIGRATION_MILLIS,
@@ -51,7 +52,7 @@ test("a database migrated from the embedded list is the one the folder gives, an
   const embedded = freshDatabase();
   applyMigrations(embedded.db);
   const folder = freshDatabase();
-  applyMigrations(folder.db, MIGRATIONS_FOLDER);
+  applyMigrationsFrom(folder.db, MIGRATIONS_FOLDER);
   expect(schemaOf(embedded.db)).toEqual(schemaOf(folder.db));
   expect(appliedOf(embedded.db)).toEqual(appliedOf(folder.db));
   expect(appliedOf(embedded.db).length).toBe(embeddedMigrations().length);
@@ -71,7 +72,7 @@ function olderDatabase() {
   const journal = JSON.parse(readFileSync(journalPath, "utf8"));
   journal.entries = journal.entries.slice(0, -2);
   writeFileSync(journalPath, JSON.stringify(journal));
-  applyMigrations(db, older);
+  applyMigrationsFrom(db, older);
   return db;
 }
 

@@ -9,6 +9,7 @@
 import { describe, expect, test } from "bun:test";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
+import { applyMigrationsFrom } from "../../src/db/migrate-from-folder";
 import {
   BLOCK_SEALS_MIGRATION,
   blockSealing,
@@ -474,7 +475,7 @@ function databaseBeforeBlockSeals() {
   cleanups.push(dir.remove);
   const path = `${dir.path}/old.db`;
   const db = openDatabase(path);
-  applyMigrations(db, migrationsUpTo(dir.path, 20));
+  applyMigrationsFrom(db, migrationsUpTo(dir.path, 20));
   db.$client.run(
     `INSERT INTO ip_blocks (address, reason, source, created_by, created_at, expires_at)
      VALUES ('192.0.2.77', 'stuffing', 'admin', 'cli', 1, 4102444800000)`,
@@ -512,7 +513,7 @@ describe("upgrading a database stored before block seals", () => {
     cleanups.push(dir.remove);
     const path = `${dir.path}/empty.db`;
     const db = openDatabase(path);
-    applyMigrations(db, migrationsUpTo(dir.path, 20));
+    applyMigrationsFrom(db, migrationsUpTo(dir.path, 20));
     db.$client.close();
     const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC" };
     const first = await cliInProcess(["db:migrate"], env);
@@ -537,7 +538,7 @@ describe("upgrading a database stored before block seals", () => {
     cleanups.push(() => db.$client.close());
     const seal = createBlockSeal("a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC");
     const sealing = blockSealing(seal);
-    const applied = applyMigrations(db, undefined, sealing.companions).appliedNow;
+    const applied = applyMigrations(db, sealing.companions).appliedNow;
     expect(applied).toEqual(migrationTagsFrom(21));
     expect(applied[0]).toBe(BLOCK_SEALS_MIGRATION);
     expect(sealing.sealed()).toEqual({ blocks: 1 });
@@ -551,7 +552,7 @@ describe("upgrading a database stored before block seals", () => {
        VALUES ('192.0.2.78', 'later', 'admin', 2, 4102444800000)`,
     );
     const later = blockSealing(seal);
-    expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
+    expect(applyMigrations(db, later.companions).appliedNow).toEqual([]);
     expect(later.sealed()).toBeNull();
     expect(stored().map((row) => seal.intact(row))).toEqual([true, false]);
   });

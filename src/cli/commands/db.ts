@@ -14,7 +14,6 @@
  * `PATH.audit-key` so the copy verifies on its own.
  */
 import { Database, SQLiteError } from "bun:sqlite";
-import { randomBytes } from "node:crypto";
 import {
   copyFileSync,
   existsSync,
@@ -117,7 +116,7 @@ export const dbBackup: Command = {
     }
     const temporary = join(
       dirname(target),
-      `.${basename(target)}.${process.pid}.${randomBytes(4).toString("hex")}${PARTIAL_SUFFIX}`,
+      `.${basename(target)}.${process.pid}.${Buffer.from(crypto.getRandomValues(new Uint8Array(4))).toString("hex")}${PARTIAL_SUFFIX}`,
     );
     const stop = stopRequests();
     try {

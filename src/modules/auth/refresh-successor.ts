@@ -9,7 +9,6 @@
  * anywhere but as its hash. Without the key it cannot be computed from the token (or from anything
  * in the database file), so it is as unguessable as a drawn token: an HMAC-SHA-256 of 256 bits.
  */
-import { createHmac } from "node:crypto";
 import { REFRESH_TOKEN_PREFIX } from "../../plugins/auth/tokens";
 
 /** The label the successor key is derived under: no seal's key is ever the same. */
@@ -19,7 +18,7 @@ export type RefreshSuccessor = (token: string) => string;
 
 /** A token's successor, prefixed as every refresh token issued is (plugins/auth/tokens). */
 export function refreshSuccessors(auditSecret: string): RefreshSuccessor {
-  const key = createHmac("sha256", auditSecret).update(LABEL).digest();
+  const key = new Bun.CryptoHasher("sha256", auditSecret).update(LABEL).digest();
   return (token) =>
     REFRESH_TOKEN_PREFIX + new Bun.CryptoHasher("sha256", key).update(token).digest("base64url");
 }

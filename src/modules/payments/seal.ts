@@ -30,7 +30,6 @@
  * change what a payment says. A copy of an older row of the same file, seal and all (a rollback),
  * is not detected.
  */
-import { createHash } from "node:crypto";
 import type { AppDatabase } from "../../db/client";
 import type { MigrationCompanions } from "../../db/migrate";
 import { createRowSealer, oncePerRow, sealMatches } from "../../db/row-seal";
@@ -129,7 +128,10 @@ export function createPaymentSeal(auditSecret: string): PaymentSeal {
  * is told apart and the key itself is not written out.
  */
 export function reportedIdempotencyKey(key: string): string {
-  return createHash("sha256").update(`reported idempotency key\n${key}`).digest("hex").slice(0, 16);
+  return new Bun.CryptoHasher("sha256")
+    .update(`reported idempotency key\n${key}`)
+    .digest("hex")
+    .slice(0, 16);
 }
 
 /**

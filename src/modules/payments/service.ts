@@ -25,7 +25,6 @@
  * it), at most the amount not yet refunded, with a Stripe idempotency key derived from the payment,
  * the refunded total before it and the amount, so a retried refund is not made twice.
  */
-import { createHash } from "node:crypto";
 import { and, eq, gt, lte, sql } from "drizzle-orm";
 import { type Clock, DAY_MS } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
@@ -211,12 +210,12 @@ export interface PaymentServiceOptions {
 
 /** The SHA-256 of the request's canonical JSON: keys sorted at every level. */
 export function requestHash(request: IntentRequest): string {
-  return createHash("sha256").update(canonicalJson(request)).digest("hex");
+  return new Bun.CryptoHasher("sha256").update(canonicalJson(request)).digest("hex");
 }
 
 /** The idempotency key Stripe sees: scoped to the owner, so owners never share Stripe's replays. */
 export function stripeIdempotencyKey(owner: string, key: string): string {
-  return `palisade_${createHash("sha256").update(`${owner}\n${key}`).digest("hex")}`;
+  return `palisade_${new Bun.CryptoHasher("sha256").update(`${owner}\n${key}`).digest("hex")}`;
 }
 
 /** A refund claimed: what it asks for, and the payment's row as the claim read it. */

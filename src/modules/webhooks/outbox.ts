@@ -42,7 +42,6 @@
  * reply is kept on the row for the next process), then aborts the rest, and lets sends in flight
  * finish and be marked.
  */
-import { randomUUID } from "node:crypto";
 import { and, asc, eq, gt, gte, inArray, isNotNull, isNull, lt, lte, or, sql } from "drizzle-orm";
 import type { Clock } from "../../clock";
 import { isDatabaseBusy } from "../../db/busy";
@@ -188,7 +187,7 @@ export class OutboxWorker {
 
   constructor(options: OutboxWorkerOptions) {
     this.options = options;
-    this.owner = options.owner ?? `${process.pid}-${randomUUID()}`;
+    this.owner = options.owner ?? `${process.pid}-${crypto.randomUUID()}`;
     this.settings = { ...DEFAULT_OUTBOX_SETTINGS, ...options.settings };
   }
 

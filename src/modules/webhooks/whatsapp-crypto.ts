@@ -13,7 +13,6 @@
  *   AUDIT_SECRET_KEY: stable across restarts and processes, not reversible without the key. So is
  *   every message id stored (Meta's ids hold the number too).
  */
-import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 
 export type SignatureCheck =
   | { valid: true; secret: "current" | "previous" }
@@ -36,23 +35,25 @@ export function verifyHubSignature(
   // Both are always computed and compared, so the time does not tell which one matched.
   let matched: "current" | "previous" | null = null;
   for (const [name, secret] of candidates) {
-    const expected = createHmac("sha256", secret).update(body).digest();
-    if (timingSafeEqual(expected, given) && matched === null) matched = name;
+    const expected = new Bun.CryptoHasher("sha256", secret).update(body).digest();
+    if (crypto.timingSafeEqual(expected, given) && matched === null) matched = name;
   }
   return matched ? { valid: true, secret: matched } : { valid: false, reason: "mismatch" };
 }
 
 /** Constant-time equality of two strings of any lengths (through their SHA-256 digests). */
 export function sameSecret(given: string, expected: string): boolean {
-  const a = createHash("sha256").update(given).digest();
-  const b = createHash("sha256").update(expected).digest();
-  return timingSafeEqual(a, b);
+  const a = new Bun.CryptoHasher("sha256").update(given).digest();
+  const b = new Bun.CryptoHasher("sha256").update(expected).digest();
+  return crypto.timingSafeEqual(a, b);
 }
 
 /** Names a sender's number by a keyed hash (32 hex characters). */
 export function senderHasher(auditSecret: string): (number: string) => string {
-  const key = createHmac("sha256", auditSecret).update("palisade whatsapp sender v1").digest();
-  return (number) => createHmac("sha256", key).update(number).digest("hex").slice(0, 32);
+  const key = new Bun.CryptoHasher("sha256", auditSecret)
+    .update("palisade whatsapp sender v1")
+    .digest();
+  return (number) => new Bun.CryptoHasher("sha256", key).update(number).digest("hex").slice(0, 32);
 }
 
 /**
@@ -62,6 +63,9 @@ export function senderHasher(auditSecret: string): (number: string) => string {
  * well (probe 86a F2).
  */
 export function messageIdKeyer(auditSecret: string): (messageId: string) => string {
-  const key = createHmac("sha256", auditSecret).update("palisade whatsapp message id v1").digest();
-  return (messageId) => createHmac("sha256", key).update(messageId).digest("hex").slice(0, 32);
+  const key = new Bun.CryptoHasher("sha256", auditSecret)
+    .update("palisade whatsapp message id v1")
+    .digest();
+  return (messageId) =>
+    new Bun.CryptoHasher("sha256", key).update(messageId).digest("hex").slice(0, 32);
 }

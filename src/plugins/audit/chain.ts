@@ -10,7 +10,6 @@
  * `legacyRowHash` is the unkeyed SHA-256 chain used before AUDIT_SECRET_KEY existed; it is only
  * read when an old database is upgraded (see upgrade.ts).
  */
-import { createHmac } from "node:crypto";
 import { sealMatches } from "../../db/row-seal";
 import { withPrincipalsReplaced } from "./events";
 
@@ -38,7 +37,7 @@ export interface CheckpointFields {
 }
 
 function hmacHex(key: string | Buffer, text: string): string {
-  return createHmac("sha256", key).update(text).digest("hex");
+  return new Bun.CryptoHasher("sha256", key).update(text).digest("hex");
 }
 
 function sha256Hex(text: string): string {
@@ -53,7 +52,8 @@ export class AuditKeys {
   private readonly pseudonymKey: Buffer;
 
   constructor(secret: string) {
-    const derive = (purpose: string) => createHmac("sha256", secret).update(purpose).digest();
+    const derive = (purpose: string) =>
+      new Bun.CryptoHasher("sha256", secret).update(purpose).digest();
     this.chainKey = derive("palisade audit chain v1");
     this.pseudonymKey = derive("palisade audit pseudonym v1");
     this.keyId = derive("palisade audit key id v1").toString("hex").slice(0, 16);

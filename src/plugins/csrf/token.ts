@@ -6,7 +6,6 @@
  * the browser send the cookie but can neither read it nor forge a token bound to the victim's
  * session; the signature also stops a token planted by a sibling subdomain.
  */
-import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 
 export const CSRF_TOKEN_LIFETIME_MS = 60 * 60 * 1000;
 /** Tokens stamped a little in the future (another process's clock) are still accepted. */
@@ -15,11 +14,11 @@ const CLOCK_SKEW_MS = 60 * 1000;
 export type CsrfVerdict = "VALID" | "MALFORMED" | "BAD_SIGNATURE" | "EXPIRED";
 
 function bindingOf(session: string | null): string {
-  return session === null ? "" : createHash("sha256").update(session).digest("base64url");
+  return session === null ? "" : new Bun.CryptoHasher("sha256").update(session).digest("base64url");
 }
 
 function sign(key: string, issuedAt: string, nonce: string, session: string | null): string {
-  return createHmac("sha256", key)
+  return new Bun.CryptoHasher("sha256", key)
     .update(`${issuedAt}.${nonce}.${bindingOf(session)}`)
     .digest("base64url");
 }
@@ -33,7 +32,7 @@ export function issueCsrfToken(key: string, session: string | null, now: number)
 export function constantTimeEqual(a: string, b: string): boolean {
   const left = Buffer.from(a);
   const right = Buffer.from(b);
-  return left.length === right.length && timingSafeEqual(left, right);
+  return left.length === right.length && crypto.timingSafeEqual(left, right);
 }
 
 /**

@@ -8,6 +8,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
+import { applyMigrationsFrom } from "../../../src/db/migrate-from-folder";
 import { successorSealing, successorsSealedMessage } from "../../../src/modules/auth/seal-upgrade";
 import { createCredentialSeal } from "../../../src/plugins/auth/seal";
 import { buildTestApp, send, type TestApp, tempDir } from "../../support/app";
@@ -205,7 +206,7 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
   cleanups.push(dir.remove);
   const db = openDatabase(join(dir.path, "rotated.db"));
   cleanups.push(() => db.$client.close());
-  applyMigrations(db, migrationsUpTo(dir.path, 22));
+  applyMigrationsFrom(db, migrationsUpTo(dir.path, 22));
   const seal = createCredentialSeal("a-test-audit-secret-0123456789abcdefghij");
   const insert = db.$client.prepare(
     `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin, replaced_by, lineage, lineage_seal)
@@ -270,9 +271,7 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
   rotation.run("key:op", JSON.stringify({ keyId: "u5", replacedBy: "u6" }));
   rotation.run("key:op", "not json");
   const sealing = successorSealing(seal);
-  expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
-    migrationTagsFrom(23),
-  );
+  expect(applyMigrations(db, sealing.companions).appliedNow).toEqual(migrationTagsFrom(23));
   expect(sealing.sealed()).toEqual({ keys: 16, rotated: 3, actingForUsers: 1 });
   expect(sealing.actingForUsers()).toEqual(["u2"]);
   expect(successorsSealedMessage(sealing.sealed()!, sealing.actingForUsers())).toEndWith(
@@ -306,7 +305,7 @@ test("migration 0023 seals every key's rotation mark from the sealed lineages, n
   // A row written after it has no mark of Palisade's: it is refused, not sealed by a later run.
   key("k8", null, "k8");
   const later = successorSealing(seal);
-  expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
+  expect(applyMigrations(db, later.companions).appliedNow).toEqual([]);
   expect(later.sealed()).toBeNull();
   expect(seal.intact.successor(marks().at(-1)!)).toBe(false);
 });

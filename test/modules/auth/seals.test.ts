@@ -8,6 +8,7 @@ import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
+import { applyMigrationsFrom } from "../../../src/db/migrate-from-folder";
 import { bootstrapLineage } from "../../../src/modules/auth/api-keys";
 import {
   credentialSealing,
@@ -610,7 +611,7 @@ function databaseBeforeSeals() {
   const folder = migrationsUpTo(dir.path, 12);
   const path = join(dir.path, "palisade.db");
   const db = openDatabase(path);
-  applyMigrations(db, folder);
+  applyMigrationsFrom(db, folder);
   return { dir, path, db };
 }
 
@@ -642,7 +643,7 @@ describe("upgrading a database stored before seals", () => {
     await oldRows(db.$client);
     const seal = createCredentialSeal(AUDIT_SECRET_KEY);
     const sealing = credentialSealing(seal);
-    const status = applyMigrations(db, undefined, sealing.companions);
+    const status = applyMigrations(db, sealing.companions);
     expect(status.appliedNow).toEqual(migrationTagsFrom(13));
     expect(status.appliedNow.slice(0, 3)).toEqual([
       SEALS_MIGRATION,
@@ -655,7 +656,7 @@ describe("upgrading a database stored before seals", () => {
        VALUES ('later', 'later@example.test', 'later@example.test', 'x', 'admin', 2, 2)`,
     );
     const later = credentialSealing(seal);
-    const again = applyMigrations(db, undefined, later.companions);
+    const again = applyMigrations(db, later.companions);
     expect(again.appliedNow).toEqual([]);
     expect(later.sealed()).toBeNull();
     const unsealed = db.$client
@@ -679,7 +680,7 @@ describe("upgrading a database stored before seals", () => {
         .run(rowid, id, `${id}@example.test`);
     }
     const seal = createCredentialSeal(AUDIT_SECRET_KEY);
-    applyMigrations(db, undefined, credentialSealing(seal).companions);
+    applyMigrations(db, credentialSealing(seal).companions);
     const rows = db.$client
       .query<
         {
@@ -757,16 +758,14 @@ describe("upgrading a database stored before seals", () => {
         },
       ],
     ]);
-    expect(() => applyMigrations(db, undefined, failing)).toThrow("killed half way");
+    expect(() => applyMigrations(db, failing)).toThrow("killed half way");
     const columns = db.$client.query<{ name: string }, []>("PRAGMA table_info(users)").all();
     expect(columns.map((c) => c.name)).not.toContain("seal");
     expect(db.$client.query("SELECT count(*) AS n FROM __drizzle_migrations").get()).toEqual({
       n: 13,
     });
     const sealing = credentialSealing(seal);
-    expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
-      migrationTagsFrom(13),
-    );
+    expect(applyMigrations(db, sealing.companions).appliedNow).toEqual(migrationTagsFrom(13));
     expect(sealing.sealed()).toEqual({ accounts: 1, keys: 1, sessions: 0 });
   });
 
@@ -791,7 +790,7 @@ describe("upgrading a database stored before seals", () => {
     cleanups.push(dir.remove);
     const db = openDatabase(join(dir.path, "rotated.db"));
     cleanups.push(() => db.$client.close());
-    applyMigrations(db, migrationsUpTo(dir.path, 21));
+    applyMigrationsFrom(db, migrationsUpTo(dir.path, 21));
     const insert = db.$client.prepare(
       `INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, user_id, created_at, origin, replaced_by)
        VALUES (?, 'shop', ?, 'h', '["payments"]', NULL, 1, 'api', ?)`,
@@ -817,9 +816,7 @@ describe("upgrading a database stored before seals", () => {
     );
     const seal = createCredentialSeal(AUDIT_SECRET_KEY);
     const sealing = lineageSealing(seal);
-    expect(applyMigrations(db, undefined, sealing.companions).appliedNow).toEqual(
-      migrationTagsFrom(22),
-    );
+    expect(applyMigrations(db, sealing.companions).appliedNow).toEqual(migrationTagsFrom(22));
     expect(sealing.sealed()).toEqual({ keys: 8, rotated: 4 });
     const lineages = () =>
       db.$client
@@ -839,7 +836,7 @@ describe("upgrading a database stored before seals", () => {
     ]);
     insert.run("k7", "pal_live_k7", null);
     const later = lineageSealing(seal);
-    expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
+    expect(applyMigrations(db, later.companions).appliedNow).toEqual([]);
     expect(later.sealed()).toBeNull();
     expect(seal.intact.lineage(lineages().at(-1)!)).toBe(false);
   });
@@ -850,7 +847,7 @@ describe("upgrading a database stored before seals", () => {
     const db = openDatabase(join(dir.path, "new.db"));
     cleanups.push(() => db.$client.close());
     const sealing = upgradeSealing(AUDIT_SECRET_KEY);
-    const status = applyMigrations(db, undefined, sealing.companions);
+    const status = applyMigrations(db, sealing.companions);
     expect(status.appliedNow).toContain(SEALS_MIGRATION);
     expect(
       sealing.sealed().map(({ message, event }) => [event.type, message, event.detail]),

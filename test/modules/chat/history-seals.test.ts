@@ -12,6 +12,7 @@
 import { describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
+import { applyMigrationsFrom } from "../../../src/db/migrate-from-folder";
 import { conversationTamperReporter, createChatSeal } from "../../../src/modules/chat/history-seal";
 import { CHAT_SEALS_MIGRATION, chatSealing } from "../../../src/modules/chat/history-seal-upgrade";
 import { loadFaq } from "../../../src/modules/chat/providers/faq";
@@ -700,7 +701,7 @@ function databaseBeforeChatSeals() {
   cleanups.push(dir.remove);
   const path = `${dir.path}/old.db`;
   const db = openDatabase(path);
-  applyMigrations(db, migrationsUpTo(dir.path, 14));
+  applyMigrationsFrom(db, migrationsUpTo(dir.path, 14));
   db.$client.run(
     `INSERT INTO chat_conversations (id, owner_kind, owner_id, created_at, updated_at)
      VALUES ('0ldC0nversati0n0000001', 'whatsapp', 'old-sender', 1, 1)`,
@@ -723,7 +724,7 @@ describe("upgrading a database stored before chat seals", () => {
     db.$client.run("UPDATE chat_messages SET id = 9007199254740992 WHERE content = 'cut'");
     db.$client.run("UPDATE chat_messages SET id = 9007199254740993 WHERE content = 'Partial'");
     const seal = createChatSeal(AUDIT_SECRET_KEY);
-    applyMigrations(db, undefined, chatSealing(seal).companions);
+    applyMigrations(db, chatSealing(seal).companions);
     const messages = db.$client
       .query<MessageRow, []>("SELECT * FROM chat_messages ORDER BY id")
       .all();
@@ -741,7 +742,7 @@ describe("upgrading a database stored before chat seals", () => {
     cleanups.push(() => db.$client.close());
     const seal = createChatSeal(AUDIT_SECRET_KEY);
     const sealing = chatSealing(seal);
-    const applied = applyMigrations(db, undefined, sealing.companions).appliedNow;
+    const applied = applyMigrations(db, sealing.companions).appliedNow;
     expect(applied).toEqual(migrationTagsFrom(15));
     expect(applied[0]).toBe(CHAT_SEALS_MIGRATION);
     expect(sealing.sealed()).toEqual({ conversations: 1, messages: 4 });
@@ -755,7 +756,7 @@ describe("upgrading a database stored before chat seals", () => {
       [FORGED],
     );
     const later = chatSealing(seal);
-    expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
+    expect(applyMigrations(db, later.companions).appliedNow).toEqual([]);
     expect(later.sealed()).toBeNull();
     expect(db.$client.query("SELECT content FROM chat_messages WHERE seal IS NULL").all()).toEqual([
       { content: FORGED },

@@ -9,6 +9,7 @@ import type { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
+import { applyMigrationsFrom } from "../../../src/db/migrate-from-folder";
 import {
   createPaymentSeal,
   PAYMENT_SEALS_MIGRATION,
@@ -451,7 +452,7 @@ function databaseBeforePaymentSeals() {
   cleanups.push(dir.remove);
   const path = `${dir.path}/old.db`;
   const db = openDatabase(path);
-  applyMigrations(db, migrationsUpTo(dir.path, 16));
+  applyMigrationsFrom(db, migrationsUpTo(dir.path, 16));
   db.$client.run(
     `INSERT INTO payments (id, owner, amount, currency, status, amount_refunded, client_secret, created_at, updated_at)
      VALUES ('pi_Old0000000000000001', 'user:old', 2500, 'eur', 'succeeded', 500, 'pi_Old0000000000000001_secret_x', 1, 1)`,
@@ -469,7 +470,7 @@ describe("upgrading a database stored before payment seals", () => {
     cleanups.push(() => db.$client.close());
     const sealer = createPaymentSeal("a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC");
     const sealing = paymentSealing(sealer);
-    const applied = applyMigrations(db, undefined, sealing.companions).appliedNow;
+    const applied = applyMigrations(db, sealing.companions).appliedNow;
     expect(applied).toEqual(migrationTagsFrom(17));
     expect(applied[0]).toBe(PAYMENT_SEALS_MIGRATION);
     expect(sealing.sealed()).toEqual({ payments: 1, idempotencyKeys: 1 });
@@ -482,7 +483,7 @@ describe("upgrading a database stored before payment seals", () => {
        VALUES ('pi_Later000000000000001', 'user:old', 1, 'usd', 'succeeded', 2, 2)`,
     );
     const later = paymentSealing(sealer);
-    expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
+    expect(applyMigrations(db, later.companions).appliedNow).toEqual([]);
     expect(later.sealed()).toBeNull();
     expect(db.$client.query("SELECT id FROM payments WHERE seal IS NULL").all()).toEqual([
       { id: "pi_Later000000000000001" },
@@ -501,7 +502,7 @@ describe("upgrading a database stored before payment seals", () => {
       "UPDATE payments SET seq = 9007199254740993 WHERE id = 'pi_Old0000000000000001'",
     );
     const sealer = createPaymentSeal("a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC");
-    applyMigrations(db, undefined, paymentSealing(sealer).companions);
+    applyMigrations(db, paymentSealing(sealer).companions);
     const rows = db.$client
       .query(`SELECT ${SEALED_PAYMENT_COLUMNS}, seal FROM payments ORDER BY id`)
       .all() as Parameters<typeof sealer.intact.payment>[0][];
@@ -562,7 +563,7 @@ describe("upgrading a database stored before payment seals", () => {
     cleanups.push(dir.remove);
     const path = `${dir.path}/at-0027.db`;
     const db = openDatabase(path);
-    applyMigrations(db, migrationsUpTo(dir.path, 27));
+    applyMigrationsFrom(db, migrationsUpTo(dir.path, 27));
     db.$client.close();
     const env = { DATABASE_PATH: path, AUDIT_SECRET_KEY: "a7Q2wE9rT4yU1iO6pL3kJ8hG5fD0sZxC" };
     const events = (type: string) => eventDetails(path, type);
@@ -676,7 +677,6 @@ describe("upgrading a database stored before payment seals", () => {
     const sealing = upgradeSealing(key);
     applyMigrations(
       file,
-      undefined,
       sealing.companions,
       () => sealing.beforeMigrating(file.$client),
       () => sealing.recordInMigration(file.$client, target.logger),

@@ -50,7 +50,7 @@ const storedUndecided = (target: PaymentsApp, id: string) =>
 function undecidedSealingRun(target: PaymentsApp) {
   putBackBefore(target.db.$client, 28);
   const sealing = upgradeSealing(target.config.audit.secretKey);
-  applyMigrations(target.db, undefined, sealing.companions);
+  applyMigrations(target.db, sealing.companions);
   return sealing.sealed().find((said) => said.event.type === "payment.undecided_sealed");
 }
 
@@ -245,7 +245,7 @@ describe("a refund Stripe made whose answer Palisade never heard", () => {
     sqlite.run("UPDATE payments SET refund_undecided = ? WHERE id = ?", [oldList, id]);
     putBackBefore(sqlite, 28);
     const sealing = upgradeSealing(secret);
-    expect(applyMigrations(current.db, undefined, sealing.companions).appliedNow).toEqual(
+    expect(applyMigrations(current.db, sealing.companions).appliedNow).toEqual(
       migrationTagsFrom(28),
     );
     expect(

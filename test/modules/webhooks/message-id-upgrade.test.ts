@@ -123,7 +123,6 @@ describe("message ids stored keyed (probe 86a F2)", () => {
 
     const status = applyMigrations(
       target.db,
-      undefined,
       upgradeSealing(target.config.audit.secretKey).companions,
     );
     expect(status.appliedNow).toContain("0033_whatsapp_message_ids_keyed");
@@ -181,7 +180,6 @@ describe("message ids stored keyed (probe 86a F2)", () => {
     putBackBefore(sqlite, 33);
     const status = applyMigrations(
       target.db,
-      undefined,
       upgradeSealing(target.config.audit.secretKey).companions,
     );
     expect(status.appliedNow).toContain("0033_whatsapp_message_ids_keyed");

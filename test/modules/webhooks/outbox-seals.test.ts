@@ -10,6 +10,7 @@
 import { describe, expect, test } from "bun:test";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
+import { applyMigrationsFrom } from "../../../src/db/migrate-from-folder";
 import { spellOut } from "../../../src/logging/spell-out";
 import { CHAT_SEALS_MIGRATION } from "../../../src/modules/chat/history-seal-upgrade";
 import { BLOCKER_WINDOW, TAMPERED_REASON } from "../../../src/modules/webhooks/outbox";
@@ -678,7 +679,7 @@ function databaseBeforeOutboxSeals() {
   cleanups.push(dir.remove);
   const path = `${dir.path}/old.db`;
   const db = openDatabase(path);
-  applyMigrations(db, migrationsUpTo(dir.path, 13));
+  applyMigrationsFrom(db, migrationsUpTo(dir.path, 13));
   db.$client.run(
     `INSERT INTO whatsapp_outbox (message_id, phone_number_id, recipient, sender_hash, kind, body,
        state, next_attempt_at, received_at)
@@ -695,7 +696,7 @@ describe("upgrading a database stored before outbox seals", () => {
     cleanups.push(() => db.$client.close());
     const seal = createOutboxSeal(AUDIT_SECRET_KEY);
     const sealing = outboxSealing(seal);
-    const applied = applyMigrations(db, undefined, sealing.companions).appliedNow;
+    const applied = applyMigrations(db, sealing.companions).appliedNow;
     expect(applied).toEqual(migrationTagsFrom(14));
     expect(applied.slice(0, 2)).toEqual([OUTBOX_SEALS_MIGRATION, CHAT_SEALS_MIGRATION]);
     expect(sealing.sealed()).toEqual({ rows: 2, givenUp: 1 });
@@ -722,7 +723,7 @@ describe("upgrading a database stored before outbox seals", () => {
        VALUES ('wamid.LATER', '1', '15550009999', 'x', 'text', 'spam', 'pending', 0, 2)`,
     );
     const later = outboxSealing(seal);
-    expect(applyMigrations(db, undefined, later.companions).appliedNow).toEqual([]);
+    expect(applyMigrations(db, later.companions).appliedNow).toEqual([]);
     expect(later.sealed()).toBeNull();
     expect(
       db.$client.query("SELECT message_id FROM whatsapp_outbox WHERE seal IS NULL").all(),
@@ -739,7 +740,7 @@ describe("upgrading a database stored before outbox seals", () => {
     db.$client.run(
       "UPDATE whatsapp_outbox SET id = 9007199254740993 WHERE message_id = 'wamid.OWED'",
     );
-    applyMigrations(db, undefined, outboxSealing(createOutboxSeal(AUDIT_SECRET_KEY)).companions);
+    applyMigrations(db, outboxSealing(createOutboxSeal(AUDIT_SECRET_KEY)).companions);
     const stored = db.$client
       .query<Row, []>("SELECT * FROM whatsapp_outbox ORDER BY message_id")
       .all();

@@ -515,7 +515,7 @@ describe("sending a long reply", () => {
     putBackBefore(sqlite, 29);
     sqlite.run("UPDATE whatsapp_outbox SET seal = ?", [sealer.of(row)]);
     const sealing = upgradeSealing(target.config.audit.secretKey);
-    applyMigrations(target.db, undefined, sealing.companions);
+    applyMigrations(target.db, sealing.companions);
     expect(
       sealing.sealed().find((said) => said.event.type === "whatsapp.outbox_offsets_sealed"),
     ).toMatchObject({
@@ -548,7 +548,7 @@ describe("sending a long reply", () => {
     putBackBefore(sqlite, 29);
     sqlite.run("UPDATE whatsapp_outbox SET reply_parts_sent = 2");
     const sealing = upgradeSealing(target.config.audit.secretKey);
-    applyMigrations(target.db, undefined, sealing.companions);
+    applyMigrations(target.db, sealing.companions);
     clock.advance(1300);
     await worker.drain();
     expect(graph.sent).toEqual([]);

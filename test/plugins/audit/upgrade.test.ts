@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { loadConfig } from "../../../src/config";
 import { openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
+import { applyMigrationsFrom } from "../../../src/db/migrate-from-folder";
 import { createLogger } from "../../../src/logging/logger";
 import {
   GENESIS_HASH,
@@ -36,7 +37,7 @@ function legacyDatabase(options: { breakRow?: number } = {}) {
   const folder = migrationsUpTo(dir.path, 2);
   const path = join(dir.path, "palisade.db");
   const db = openDatabase(path);
-  applyMigrations(db, folder);
+  applyMigrationsFrom(db, folder);
   const sqlite = db.$client;
   let prev = GENESIS_HASH;
   for (let i = 1; i <= 6; i++) {
@@ -104,7 +105,7 @@ function start(path: string) {
   const logger = createLogger({ level: "info", destination: logs });
   const db = openDatabase(path);
   const sealing = upgradeSealing(AUDIT_KEY);
-  applyMigrations(db, undefined, sealing.companions);
+  applyMigrations(db, sealing.companions);
   const services = createServices({ config, db, logger, maintenanceIntervalMs: 0 });
   for (const { message, fields, event } of sealing.sealed()) {
     if (message) logger.warn(fields, message);

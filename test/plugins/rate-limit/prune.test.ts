@@ -8,6 +8,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { type AppDatabase, openDatabase } from "../../../src/db/client";
 import { applyMigrations } from "../../../src/db/migrate";
+import { applyMigrationsFrom } from "../../../src/db/migrate-from-folder";
 import { SqliteLimiterStore } from "../../../src/plugins/rate-limit/sqlite-store";
 import { tempDir } from "../../support/app";
 import { migrationsUpTo } from "../../support/migrations";
@@ -24,7 +25,8 @@ afterEach(() => {
 function openFresh(migrationsFolder?: string): { db: AppDatabase; dir: string } {
   const dir = tempDir();
   const db = openDatabase(join(dir.path, "limits.db"));
-  applyMigrations(db, migrationsFolder);
+  if (migrationsFolder === undefined) applyMigrations(db);
+  else applyMigrationsFrom(db, migrationsFolder);
   cleanup.push(() => {
     db.$client.close();
     dir.remove();
