@@ -265,6 +265,14 @@ if (schemaDifferences.length > 0) {
   );
 }
 
+const newerMigrations = migrations.fromNewerReleases;
+if (newerMigrations > 0) {
+  logger.warn(
+    { newerMigrations },
+    `the database was migrated by a newer release: ${newerMigrations} of its migrations are unknown to this one, whose writes its schema may refuse`,
+  );
+}
+
 // A new log's first row is this start's key, before anything its services write (its migrations
 // wrote it when they ran now).
 try {
