@@ -253,9 +253,11 @@ for (const again of resealed) logger.error(again.fields, again.message);
 
 // Every table and index as the migrations made them: a table rebuilt with a constraint that
 // ignores conflicts would make Palisade's own writes silently do nothing (db/schema-guard).
-// Another release's readings' mark is no refusal: this start takes the file once it can no longer
-// fail (below, once the port is bound).
+// Another release's readings' mark is no refusal: this start takes the file once it is over
+// (below).
 let servedReadings: string | null = null;
+/** How long after the start the readings are looked at: a stop signalled during it is handed over. */
+const READINGS_TAKEN_AFTER_MS = 250;
 const schemaGuard = createSchemaGuard(db.$client, () => servedReadings);
 const schemaDifferences = schemaGuard.changes();
 if (schemaDifferences.length > 0) {
@@ -367,16 +369,6 @@ try {
           "the profile this start serves could not be recorded in the database; operator commands run without APP_ENV read the last one recorded",
         );
       }
-      // Last, once nothing can refuse this start: the accounts' readings of another version are
-      // written again, taking the file from a release that reads addresses otherwise, whose
-      // processes stop (modules/auth/readings-upkeep.ts; probe 95a F2: taken before the port was
-      // bound, a start refused for it had stopped the running service and served nothing).
-      try {
-        services.auth.keepReadings({ atStart: true });
-      } catch (error) {
-        fail(`refusing to start: ${config.databasePath}: ${namedFirstLine(error)}`);
-      }
-      servedReadings = READING_VERSION;
       setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
     },
     onDrainTimeout: () => services.endInFlight(),
@@ -414,6 +406,28 @@ if (stopSignalledDuringStart !== null) {
 }
 // Every login, and /ready's logins check, waits for it (a login arriving first starts it itself).
 void services.auth.prepared();
+// The accounts' readings of another version are written again, taking the file from a release that
+// reads addresses otherwise, whose processes stop (modules/auth/readings-upkeep.ts): once the start
+// is over and a stop asked for during it has been handed over, and only if none was. Taken before
+// the port was bound, a start refused for it had stopped the running service and served nothing
+// (probe 95a F2); taken in the start, a start signalled to stop did the same (95b F2).
+setTimeout(() => {
+  if (running.stopping()) return;
+  setBusyTimeout(db.$client, BUSY_TIMEOUT_MS);
+  try {
+    services.auth.keepReadings({ atStart: true });
+    servedReadings = READING_VERSION;
+  } catch (error) {
+    logger.error(
+      { err: error },
+      "the accounts' readings could not be kept of this release's version (the file could not be taken for them): stopping",
+    );
+    process.exitCode = 2;
+    void running.shutdown("readings not kept");
+  } finally {
+    setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
+  }
+}, READINGS_TAKEN_AFTER_MS);
 // The executable starts with JavaScriptCore's tier-up thresholds raised (scripts/build.ts): the
 // start's run-once loops stay in the interpreter instead of being compiled by the optimising JIT,
 // whose code and memory the service would keep for nothing. Serving, code is compiled as usual.

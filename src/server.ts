@@ -50,6 +50,8 @@ export interface StartServerOptions {
 export interface RunningServer {
   url: URL;
   shutdown(reason: string): Promise<void>;
+  /** Whether a shutdown has begun (a stop signalled, or asked for). */
+  stopping(): boolean;
 }
 
 /** The main listener cannot be bound: the start refuses with one line naming PORT and HOST. */
@@ -201,5 +203,5 @@ export function startServer(options: StartServerOptions): RunningServer {
   options.onBound?.();
   logger.info({ url: url.toString() }, "listening");
 
-  return { url, shutdown };
+  return { url, shutdown, stopping: () => phase !== "serving" };
 }

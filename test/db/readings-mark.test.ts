@@ -28,6 +28,7 @@ import { STRONG_PASSWORD } from "../support/auth";
 import { cleanupsAfterEach } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
 import { runToExit, startService } from "../support/process";
+import { waitFor } from "../support/wait";
 
 const cleanups = cleanupsAfterEach();
 /** Another release's reading version: 12 hex digits, as a version is. */
@@ -65,6 +66,14 @@ function insertAccount(sqlite: Database, id: string, email: string, reading: str
     [id, email, email, reading],
   );
 }
+
+/** Readings written again as soon as nothing else writes any (tests: 50 ms, looked at every 10). */
+const QUICK_QUIET = { quietMs: 50, pollMs: 10 };
+
+const readingOf = (sqlite: Database, id: string) =>
+  sqlite
+    .query<{ reading: string | null }, [string]>("SELECT reading FROM users WHERE id = ?")
+    .get(id)?.reading;
 
 const accounts = (sqlite: Database) =>
   sqlite.query<{ n: number }, []>("SELECT count(*) AS n FROM users").get()!.n;
@@ -216,7 +225,7 @@ describe("readings of another version written while serving (probe 95a F1)", () 
     expect(((await waiting.json()) as { detail: string }).detail).toBe(
       "Accounts are being upgraded; retry shortly.",
     );
-    const { services, logs } = servicesTold(target);
+    const { services, logs } = servicesTold(target, { readingsQuiet: QUICK_QUIET });
     cleanups.push(() => services.close());
     services.runMaintenance();
     await services.auth.readingsSettled();
@@ -237,20 +246,65 @@ describe("readings of another version written while serving (probe 95a F1)", () 
     const target = app();
     const sqlite = target.db.$client;
     otherReadings(sqlite, 3_000);
+    // Taken from another marked release: written at once, no quiet time waited.
+    takeReadingsMark(sqlite, OTHER);
     const { services, logs } = servicesTold(target);
     cleanups.push(() => services.close());
     services.auth.keepReadings({ atStart: true });
-    // Its first part is written before the first pause; the other release takes the file then.
+    // Its first part is written before the first pause; a third release takes the file then.
     const beforeTake = ofThisVersion(sqlite);
     expect(beforeTake).toBeGreaterThan(0);
     expect(beforeTake).toBeLessThan(3_000);
-    takeReadingsMark(sqlite, OTHER);
+    takeReadingsMark(sqlite, "fedcba987654");
     await services.auth.readingsSettled();
     expect(ofThisVersion(sqlite)).toBe(beforeTake);
-    expect(logs.entries.find((entry) => entry.level === "warn")).toMatchObject({
+    expect(logs.entries.filter((entry) => entry.level === "warn").at(-1)).toMatchObject({
       msg: "another release took the file while this process wrote the accounts' readings: it wrote no more of them",
       accounts: beforeTake,
     });
+  });
+});
+
+describe("a file taken with no mark on it (probe 95b F1)", () => {
+  test("its readings are written again only once those of other versions have stayed as they are for the quiet time, and registrations wait until then", async () => {
+    const target = buildTestApp({ readingsQuiet: { quietMs: 400, pollMs: 20 } });
+    cleanups.push(() => target.close());
+    const { services } = target;
+    const sqlite = target.db.$client;
+    // One account whose reading a release before the mark wrote: fewer than a registration reads.
+    expect((await register(target, "pay@d.example")).status).toBe(201);
+    sqlite.run(`UPDATE users SET reading = '${OTHER}:pay@d.example'`);
+    const started = performance.now();
+    services.auth.keepReadings({ atStart: true });
+    expect(readingsMarks(sqlite)).toEqual([READING_VERSION]);
+    // That release, still serving until its next tick, goes on writing its own readings: the wait
+    // starts again each time.
+    await Bun.sleep(200);
+    insertAccount(sqlite, "late", "late@d.example", `${OTHER}:late@d.example`);
+    const waiting = await register(target, "other@d.example");
+    expect(waiting.status).toBe(503);
+    expect(waiting.headers.get("retry-after")).toBe("10");
+    expect(readingOf(sqlite, "late")).toBe(`${OTHER}:late@d.example`);
+    await services.auth.readingsSettled();
+    // Not before the quiet time after the last change (200 ms in, and a poll to see it).
+    expect(performance.now() - started).toBeGreaterThanOrEqual(600);
+    expect(readingOf(sqlite, "late")).toBe(storedReading("late@d.example"));
+    expect((await register(target, "other@d.example")).status).toBe(201);
+    expect((await register(target, "\u0440\u0430\u0443@d.example")).status).toBe(409);
+  });
+
+  test("a file another release marked is written again at once: that release's processes refuse registrations from the take", async () => {
+    const target = app();
+    const sqlite = target.db.$client;
+    insertAccount(sqlite, "u", "pay@d.example", `${OTHER}:pay@d.example`);
+    takeReadingsMark(sqlite, OTHER);
+    const { services } = servicesTold(target);
+    cleanups.push(() => services.close());
+    services.auth.keepReadings({ atStart: true });
+    // The first part is written before the first pause: no quiet time waited.
+    expect(readingOf(sqlite, "u")).toBe(storedReading("pay@d.example"));
+    expect(readingsMarks(sqlite)).toEqual([READING_VERSION]);
+    await services.auth.readingsSettled();
   });
 });
 
@@ -283,6 +337,48 @@ describe("a start and a command", () => {
     }
   }, 30_000);
 
+  test("a start signalled to stop while it starts stops without taking the file (probe 95b F2)", async () => {
+    const { path, db } = migratedFile();
+    db.$client.run(readingsMarkSql(OTHER));
+    insertAccount(db.$client, "u", "pay@d.example", `${OTHER}:pay@d.example`);
+    db.$client.close();
+    // The write lock held: the start waits for it (its audit log's first row), and is signalled.
+    const holder = new Database(path);
+    holder.run("BEGIN IMMEDIATE");
+    const proc = Bun.spawn(["bun", "run", "src/index.ts"], {
+      env: {
+        PATH: process.env.PATH ?? "",
+        HOME: process.env.HOME ?? "/tmp",
+        PORT: "0",
+        DATABASE_PATH: path,
+      },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    cleanups.push(() => {
+      if (proc.exitCode === null) proc.kill("SIGKILL");
+    });
+    const stdout = new Response(proc.stdout).text();
+    const stderr = new Response(proc.stderr).text();
+    await Bun.sleep(1_000);
+    proc.kill("SIGTERM");
+    await Bun.sleep(100);
+    holder.run("ROLLBACK");
+    holder.close();
+    expect(await proc.exited).toBe(0);
+    expect(await stdout).toContain('"msg":"shutdown complete"');
+    expect(await stderr).not.toContain("refusing");
+    const file = new Database(path, { readonly: true });
+    try {
+      expect(readingsMarks(file)).toEqual([OTHER]);
+      expect(file.query("SELECT reading FROM users").get()).toEqual({
+        reading: `${OTHER}:pay@d.example`,
+      });
+    } finally {
+      file.close();
+    }
+  }, 30_000);
+
   test("a start on a file whose readings are all its own leaves it unmarked: a release before the mark that reads addresses the same way goes on serving it (probe 95a F3)", async () => {
     const { path, db } = migratedFile();
     insertAccount(db.$client, "u", "pay@d.example", storedReading("pay@d.example"));
@@ -303,6 +399,11 @@ describe("a start and a command", () => {
     insertAccount(db.$client, "u", "pay@d.example", `${OTHER}:pay@d.example`);
     db.$client.close();
     const service = await startService({ DATABASE_PATH: path });
+    // Taken once the start is over (a quarter of a second after it listens), then written.
+    await waitFor(() => service.stdout().includes("accounts' readings written"), {
+      timeoutMs: 10_000,
+      intervalMs: 20,
+    });
     await service.stop();
     const line = service
       .stdout()

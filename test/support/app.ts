@@ -2,6 +2,7 @@
  * Builds a real app on its own temporary SQLite file, with logs collected in memory and the
  * client's socket address chosen per request.
  */
+
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,9 +12,11 @@ import { type Config, loadConfig } from "../../src/config";
 import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "../../src/db/busy";
 import { type AppDatabase, openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
+import { takeReadingsMark } from "../../src/db/readings-mark";
 import type { FeatureOptions } from "../../src/features";
 import { createLogger, type Logger } from "../../src/logging/logger";
 import type { PasswordWorkLimits } from "../../src/modules/auth/password-work";
+import { READING_VERSION } from "../../src/modules/auth/readings";
 import type { ChatProvider } from "../../src/modules/chat/providers/provider";
 import type { Feature } from "../../src/modules/feature";
 import type { IpBlockSettings } from "../../src/plugins/ip-block/service";
@@ -74,6 +77,8 @@ export function fromPeer(request: Request, address: string): Request {
 }
 
 export interface TestAppOptions {
+  /** How long readings of another version must stay unchanged before they are written again. */
+  readingsQuiet?: ServiceOptions["readingsQuiet"];
   env?: Record<string, string | undefined>;
   /**
    * The client's address read as `bun run start` reads it, from the socket (`serveInProcess`);
@@ -193,6 +198,7 @@ export function buildTestApp(options: TestAppOptions = {}): TestApp {
     freeDiskBytes: options.freeDiskBytes,
     passwordWork: options.passwordWork,
     redisMaxRetries: options.redisMaxRetries,
+    readingsQuiet: options.readingsQuiet,
   });
   const app = createApp({
     ...services,
@@ -291,7 +297,9 @@ export function secondProcess(target: TestApp, clock?: Clock, peer = "10.2.2.2")
     passwordHashing: TEST_PASSWORD_HASHING,
     maintenanceIntervalMs: 0,
   });
-  // As a start does once it can no longer fail (src/index.ts): a few readings are written at once.
+  // As a start does once it is over (src/index.ts), on a file this release marked already (no
+  // wait for a release before the mark): a few readings are written at once.
+  takeReadingsMark(target.db.$client, READING_VERSION);
   services.auth.keepReadings({ atStart: true });
   const app = createApp({ ...services, peerAddress: () => peer });
   return { app, services, close: () => services.close() };

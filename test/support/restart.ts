@@ -3,11 +3,14 @@
  * (or another process with other settings) sees. Migrations run as at start; close() closes this
  * start's services and connection, never the file.
  */
+
 import { createApp } from "../../src/app";
 import type { Clock } from "../../src/clock";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
+import { takeReadingsMark } from "../../src/db/readings-mark";
 import { createLogger } from "../../src/logging/logger";
+import { READING_VERSION } from "../../src/modules/auth/readings";
 import { createServices } from "../../src/services";
 import { LogCapture, TEST_PASSWORD_HASHING, testConfig } from "./app";
 
@@ -39,7 +42,9 @@ export function startOn(
     db.$client.close();
     throw error;
   }
-  // As a start does once it can no longer fail (src/index.ts): a few readings are written at once.
+  // As a start does once it is over (src/index.ts), on a file this release marked already (no
+  // wait for a release before the mark): a few readings are written at once.
+  takeReadingsMark(db.$client, READING_VERSION);
   services.auth.keepReadings({ atStart: true });
   const app = createApp({ ...services, peerAddress: () => "10.3.3.3", accessLogBuffered: false });
   return {

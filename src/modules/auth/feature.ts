@@ -22,12 +22,15 @@ import {
   limiterCountsContributor,
   sessionsContributor,
 } from "./privacy";
+import type { ReadingsQuiet } from "./readings-upkeep";
 import { refreshSuccessors } from "./refresh-successor";
 import { AuthService } from "./service";
 
 export interface AuthFeatureOptions {
   /** argon2id cost; Bun's defaults when absent. Tests lower it. */
   passwordHashing?: PasswordHashing;
+  /** How long readings of another version must stay unchanged before they are written again (./readings-upkeep.ts); tests shorten it. */
+  readingsQuiet?: ReadingsQuiet;
   /** How many hashes run and wait at once (./password-work.ts); a slot and 8 waiting a core. */
   passwordWork?: PasswordWorkLimits;
   /** Prepare the unknown-email login's dummy hash now (default true; the CLI serves no logins). */
@@ -89,6 +92,7 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
     successorOf: refreshSuccessors(config.audit.secretKey),
     signingKey: core.signingKeys.current,
     passwordHashing: options.passwordHashing,
+    readingsQuiet: options.readingsQuiet,
     passwordWork: createPasswordWork(
       options.passwordWork ?? defaultPasswordWorkLimits(),
       core.metrics.auth.passwordWorkRefused,

@@ -17,23 +17,55 @@
  * The rewrite runs between requests, in short parts, each only while the file is still this
  * release's (asked inside the part's transaction: once another release took it, this one writes
  * no more of its readings). A part the lock refuses leaves the rest to the next tick.
+ *
+ * A file whose readings are another version's may still be served by a release before the mark,
+ * one that started before the mark was made: it serves until its first tick, 10 s after its own
+ * start's rewrite of the readings (seconds, on many accounts), looking up readings of its own
+ * version only (probe 95b F1: rewritten meanwhile, its look-alike check found none, and it
+ * registered look-alikes). So they are written again only once the readings of other versions
+ * have stayed as they are for longer than that tick (nothing writes them then), and registrations
+ * in this process wait until then (an account registered meanwhile has this version's reading,
+ * which that release does not look up). Every process of this release waits so, the one that made
+ * the mark or not; only one that took the file from another marked release does not.
  */
 import type { Database } from "bun:sqlite";
 import { isDatabaseBusy } from "../../db/busy";
 import { otherReadingsMarks, readingsMarkWatch, takeReadingsMark } from "../../db/readings-mark";
 import type { Logger } from "../../logging/logger";
-import { idsOfOtherReadings, READING_VERSION, rewriteReadings } from "./readings";
+import {
+  idsOfOtherReadings,
+  otherReadingsByVersion,
+  READING_VERSION,
+  rewriteReadings,
+} from "./readings";
+
+/** How long readings of other versions must stay unchanged, looked at every `pollMs`. */
+export interface ReadingsQuiet {
+  quietMs: number;
+  pollMs: number;
+}
+
+/** Past a release before the mark's maintenance tick (10 s), with room for a late one. */
+const DEFAULT_QUIET: ReadingsQuiet = { quietMs: 15_000, pollMs: 1_000 };
 
 export class ReadingsUpkeep {
   /** Whether no release that reads addresses otherwise took the file. */
   readonly stillOurs: () => boolean;
   private rewriting: Promise<void> | null = null;
+  /** Waiting for a release before the mark to have stopped (above). */
+  private waitingForQuiet = false;
 
   constructor(
     private readonly sqlite: Database,
     private readonly logger: Logger,
+    private readonly quiet: ReadingsQuiet = DEFAULT_QUIET,
   ) {
     this.stillOurs = readingsMarkWatch(sqlite, READING_VERSION);
+  }
+
+  /** Whether registrations wait: a release before the mark may still be serving (above). */
+  registrationsWait(): boolean {
+    return this.waitingForQuiet;
   }
 
   /**
@@ -58,9 +90,48 @@ export class ReadingsUpkeep {
         "accounts' readings (look-alike addresses) of another version found: the file is marked as this release's while they are written again; a process of an earlier release still serving it stops at its next check, saying an index on users is not one of its migrations'",
       );
     }
-    this.rewriting = this.rewrite().finally(() => {
+    // Unless this process took the file from another marked release (whose processes refuse
+    // registrations from now on and write no more readings), a release before the mark may be
+    // serving it: this process, or another of this release that took it, may have made the mark
+    // only now (above).
+    const rewritten =
+      taken.dropped.length > 0
+        ? this.rewrite()
+        : this.untilQuiet().then((stillOurs) => (stillOurs ? this.rewrite() : undefined));
+    this.rewriting = rewritten.finally(() => {
       this.rewriting = null;
     });
+  }
+
+  /**
+   * Resolves once the readings of other versions have stayed as they are for `quietMs`, true; false
+   * if another release took the file meanwhile.
+   */
+  private async untilQuiet(): Promise<boolean> {
+    this.waitingForQuiet = true;
+    try {
+      let seen = otherReadingsByVersion(this.sqlite);
+      let quietSince = performance.now();
+      while (performance.now() - quietSince < this.quiet.quietMs) {
+        await Bun.sleep(this.quiet.pollMs);
+        if (!this.stillOurs()) return false;
+        const now = otherReadingsByVersion(this.sqlite);
+        if (now !== seen) {
+          seen = now;
+          quietSince = performance.now();
+        }
+      }
+      return true;
+    } catch (error) {
+      // Locked past the wait: the next tick takes it up again.
+      this.logger.warn(
+        { err: error },
+        "waiting to write the accounts' readings failed; the next maintenance tick tries again",
+      );
+      return false;
+    } finally {
+      this.waitingForQuiet = false;
+    }
   }
 
   /** Resolves once the rewrite under way, if any, has ended. */

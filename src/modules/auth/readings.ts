@@ -70,6 +70,23 @@ export function idsOfOtherReadings(sqlite: Database, limit: number): string[] {
 }
 
 /**
+ * How many accounts hold readings of each other version (or none), as one text: what changes when
+ * another release's process writes readings (./readings-upkeep.ts). Read through the index, a
+ * range of it, as the rewrite reads it.
+ */
+export function otherReadingsByVersion(sqlite: Database): string {
+  const counts = sqlite
+    .query<{ version: string | null; accounts: number }, [string, string]>(
+      `SELECT substr(reading, 1, 13) AS version, count(*) AS accounts
+         FROM users INDEXED BY users_reading
+        WHERE reading IS NULL OR reading < ?1 OR reading >= ?2
+        GROUP BY 1`,
+    )
+    .all(...versionRange());
+  return JSON.stringify(counts);
+}
+
+/**
  * Writes the reading of every account whose reading is missing or of another version, while the
  * process serves; resolves to how many, and whether it wrote them all (`keepGoing`, asked in each
  * part's transaction, said to stop: another release took the file, probe 95a F1). Read through

@@ -92,7 +92,7 @@ import {
   verifyPassword,
 } from "./passwords";
 import { idsOfOtherReadings, OTHER_READINGS_READ, readingOf, storedReading } from "./readings";
-import { ReadingsUpkeep } from "./readings-upkeep";
+import { type ReadingsQuiet, ReadingsUpkeep } from "./readings-upkeep";
 import { type RefreshSuccessor, unprefixedSuccessor } from "./refresh-successor";
 
 export interface RequestMeta {
@@ -144,6 +144,8 @@ export interface AuthServiceOptions {
   apiKeys: ApiKeyService;
   signingKey: SigningKey;
   passwordHashing?: PasswordHashing;
+  /** How long readings of another version must stay unchanged before they are written again. */
+  readingsQuiet?: ReadingsQuiet;
   /** Where sign-ins and registrations hash, bounded (./password-work.ts); unbounded if absent. */
   passwordWork?: PasswordWork;
   /**
@@ -335,7 +337,7 @@ export class AuthService {
     };
     this.db = drizzleOf(options.sqlite);
     this.statements = prepareStatements(this.db);
-    this.readings = new ReadingsUpkeep(options.sqlite, options.logger);
+    this.readings = new ReadingsUpkeep(options.sqlite, options.logger, options.readingsQuiet);
     // Made now, not at the first unknown-email login, so that login is not the slow one.
     if (options.prepareLogin !== false) void this.dummy();
     const refolded = refoldEmailKeys(this.db, options.seal);
@@ -545,7 +547,9 @@ export class AuthService {
       // And an account whose reading is another version's, read here (probe 94g F1); more than
       // a few are being written again (95a F1: the rest were not read, and look-alikes registered).
       const others = idsOfOtherReadings(this.options.sqlite, OTHER_READINGS_READ + 1);
-      if (others.length > OTHER_READINGS_READ) throw new ReadingsBeingWritten();
+      if (others.length > OTHER_READINGS_READ || this.readings.registrationsWait()) {
+        throw new ReadingsBeingWritten();
+      }
       const taken =
         this.statements.usersByReading
           .all({ value: reading })
