@@ -23,7 +23,14 @@ import {
   READING_VERSION,
   storedReading,
 } from "../../src/modules/auth/readings";
-import { buildTestApp, send, servicesTold, type TestApp, tempDir } from "../support/app";
+import {
+  buildTestApp,
+  NO_READINGS_QUIET,
+  send,
+  servicesTold,
+  type TestApp,
+  tempDir,
+} from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
 import { cleanupsAfterEach } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
@@ -165,7 +172,7 @@ describe("a process whose file another release took", () => {
     expect(refused.headers.get("retry-after")).toBe("5");
     expect((await refused.json()) as Record<string, unknown>).toMatchObject({
       code: "SERVICE_UNAVAILABLE",
-      detail: "This process is stopping: another release now serves its database. Retry shortly.",
+      detail: "This process is stopping: another release took its database. Retry shortly.",
     });
     expect(accounts(sqlite)).toBe(1);
 
@@ -246,9 +253,8 @@ describe("readings of another version written while serving (probe 95a F1)", () 
     const target = app();
     const sqlite = target.db.$client;
     otherReadings(sqlite, 3_000);
-    // Taken from another marked release: written at once, no quiet time waited.
     takeReadingsMark(sqlite, OTHER);
-    const { services, logs } = servicesTold(target);
+    const { services, logs } = servicesTold(target, { readingsQuiet: NO_READINGS_QUIET });
     cleanups.push(() => services.close());
     services.auth.keepReadings({ atStart: true });
     // Its first part is written before the first pause; a third release takes the file then.
@@ -293,18 +299,35 @@ describe("a file taken with no mark on it (probe 95b F1)", () => {
     expect((await register(target, "\u0440\u0430\u0443@d.example")).status).toBe(409);
   });
 
-  test("a file another release marked is written again at once: that release's processes refuse registrations from the take", async () => {
-    const target = app();
+  test("a file taken from another marked release waits the quiet time too: that mark may be seconds old (probe 95c F1); accounts erased meanwhile do not start the wait again (95c F2)", async () => {
+    const target = buildTestApp({ readingsQuiet: { quietMs: 300, pollMs: 20 } });
+    cleanups.push(() => target.close());
     const sqlite = target.db.$client;
-    insertAccount(sqlite, "u", "pay@d.example", `${OTHER}:pay@d.example`);
+    // A first registration loads the password checker (longer than the quiet time here).
+    expect((await register(target, "first@d.example")).status).toBe(201);
+    for (let n = 0; n < 6; n++) {
+      insertAccount(sqlite, `u${n}`, `pay${n}@d.example`, `${OTHER}:pay${n}@d.example`);
+    }
     takeReadingsMark(sqlite, OTHER);
-    const { services } = servicesTold(target);
-    cleanups.push(() => services.close());
-    services.auth.keepReadings({ atStart: true });
-    // The first part is written before the first pause: no quiet time waited.
-    expect(readingOf(sqlite, "u")).toBe(storedReading("pay@d.example"));
+    const started = performance.now();
+    target.services.auth.keepReadings({ atStart: true });
     expect(readingsMarks(sqlite)).toEqual([READING_VERSION]);
-    await services.auth.readingsSettled();
+    expect(readingOf(sqlite, "u0")).toBe(`${OTHER}:pay0@d.example`);
+    expect((await register(target, "fresh@d.example")).status).toBe(503);
+    // An account erased every 150 ms: fewer readings of that version, no reason to wait longer
+    // (waited again at each, the last at 750 ms would have held it past 1,050 ms).
+    for (let n = 1; n < 6; n++) {
+      await Bun.sleep(150);
+      sqlite.run("DELETE FROM users WHERE id = ?", [`u${n}`]);
+    }
+    await target.services.auth.readingsSettled();
+    const waited = performance.now() - started;
+    expect(waited).toBeGreaterThanOrEqual(300);
+    expect(waited).toBeLessThan(900);
+    expect(readingOf(sqlite, "u0")).toBe(storedReading("pay0@d.example"));
+    expect(target.logs.entries.map((entry) => entry.msg)).toContain(
+      "no reading of another version written for the quiet time: writing the accounts' readings again",
+    );
   });
 });
 
@@ -393,17 +416,23 @@ describe("a start and a command", () => {
     }
   }, 30_000);
 
-  test("a start takes a file another release marked: its mark dropped, the readings written again, and a warning", async () => {
+  test("a start takes a file another release marked: its mark dropped, and a warning; the readings wait the quiet time, registrations meanwhile 503", async () => {
     const { path, db } = migratedFile();
     db.$client.run(readingsMarkSql(OTHER));
     insertAccount(db.$client, "u", "pay@d.example", `${OTHER}:pay@d.example`);
     db.$client.close();
     const service = await startService({ DATABASE_PATH: path });
-    // Taken once the start is over (a quarter of a second after it listens), then written.
-    await waitFor(() => service.stdout().includes("accounts' readings written"), {
+    // Taken once the start is over (a quarter of a second after it listens); written 15 s later.
+    await waitFor(() => service.stdout().includes("registrations here wait until then"), {
       timeoutMs: 10_000,
       intervalMs: 20,
     });
+    const waiting = await fetch(new URL("/api/auth/register", service.url), {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ email: "fresh@d.example", password: STRONG_PASSWORD }),
+    });
+    expect(waiting.status).toBe(503);
     await service.stop();
     const line = service
       .stdout()
@@ -420,7 +449,7 @@ describe("a start and a command", () => {
     try {
       expect(readingsMarks(file)).toEqual([READING_VERSION]);
       expect(file.query("SELECT reading FROM users").get()).toEqual({
-        reading: storedReading("pay@d.example"),
+        reading: `${OTHER}:pay@d.example`,
       });
     } finally {
       file.close();

@@ -76,6 +76,9 @@ export function fromPeer(request: Request, address: string): Request {
   return request;
 }
 
+/** Readings of another version written again at once (no wait for a release before the mark). */
+export const NO_READINGS_QUIET = { quietMs: 0, pollMs: 0 };
+
 export interface TestAppOptions {
   /** How long readings of another version must stay unchanged before they are written again. */
   readingsQuiet?: ServiceOptions["readingsQuiet"];
@@ -296,10 +299,10 @@ export function secondProcess(target: TestApp, clock?: Clock, peer = "10.2.2.2")
     clock,
     passwordHashing: TEST_PASSWORD_HASHING,
     maintenanceIntervalMs: 0,
+    readingsQuiet: NO_READINGS_QUIET,
   });
-  // As a start does once it is over (src/index.ts), on a file this release marked already (no
-  // wait for a release before the mark): a few readings are written at once.
-  takeReadingsMark(target.db.$client, READING_VERSION);
+  // As a start does once it is over (src/index.ts), with no quiet time waited for a release before
+  // the mark: a few readings are written at once.
   services.auth.keepReadings({ atStart: true });
   const app = createApp({ ...services, peerAddress: () => peer });
   return { app, services, close: () => services.close() };

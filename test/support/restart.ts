@@ -12,7 +12,7 @@ import { takeReadingsMark } from "../../src/db/readings-mark";
 import { createLogger } from "../../src/logging/logger";
 import { READING_VERSION } from "../../src/modules/auth/readings";
 import { createServices } from "../../src/services";
-import { LogCapture, TEST_PASSWORD_HASHING, testConfig } from "./app";
+import { LogCapture, NO_READINGS_QUIET, TEST_PASSWORD_HASHING, testConfig } from "./app";
 
 export function startOn(
   databasePath: string,
@@ -37,14 +37,14 @@ export function startOn(
       clock,
       passwordHashing: TEST_PASSWORD_HASHING,
       maintenanceIntervalMs: 0,
+      readingsQuiet: NO_READINGS_QUIET,
     });
   } catch (error) {
     db.$client.close();
     throw error;
   }
-  // As a start does once it is over (src/index.ts), on a file this release marked already (no
-  // wait for a release before the mark): a few readings are written at once.
-  takeReadingsMark(db.$client, READING_VERSION);
+  // As a start does once it is over (src/index.ts), with no quiet time waited for a release before
+  // the mark: a few readings are written at once.
   services.auth.keepReadings({ atStart: true });
   const app = createApp({ ...services, peerAddress: () => "10.3.3.3", accessLogBuffered: false });
   return {

@@ -26,7 +26,9 @@
  * have stayed as they are for longer than that tick (nothing writes them then), and registrations
  * in this process wait until then (an account registered meanwhile has this version's reading,
  * which that release does not look up). Every process of this release waits so, the one that made
- * the mark or not; only one that took the file from another marked release does not.
+ * the mark or not, and one that took it from another marked release too: that mark may be seconds
+ * old, its maker still waiting (probe 95c F1). Only what such a release writes starts the wait
+ * again (readings of a version growing in number), not accounts erased meanwhile (95c F2).
  */
 import type { Database } from "bun:sqlite";
 import { isDatabaseBusy } from "../../db/busy";
@@ -39,7 +41,7 @@ import {
   rewriteReadings,
 } from "./readings";
 
-/** How long readings of other versions must stay unchanged, looked at every `pollMs`. */
+/** How long readings of other versions must stay unchanged, looked at every `pollMs` (0: not waited). */
 export interface ReadingsQuiet {
   quietMs: number;
   pollMs: number;
@@ -90,12 +92,10 @@ export class ReadingsUpkeep {
         "accounts' readings (look-alike addresses) of another version found: the file is marked as this release's while they are written again; a process of an earlier release still serving it stops at its next check, saying an index on users is not one of its migrations'",
       );
     }
-    // Unless this process took the file from another marked release (whose processes refuse
-    // registrations from now on and write no more readings), a release before the mark may be
-    // serving it: this process, or another of this release that took it, may have made the mark
-    // only now (above).
+    // Whoever's mark was on the file, a release before the mark may still be serving it: the mark
+    // another release made may be seconds old, its maker still waiting (probe 95c F1).
     const rewritten =
-      taken.dropped.length > 0
+      this.quiet.quietMs <= 0
         ? this.rewrite()
         : this.untilQuiet().then((stillOurs) => (stillOurs ? this.rewrite() : undefined));
     this.rewriting = rewritten.finally(() => {
@@ -109,18 +109,38 @@ export class ReadingsUpkeep {
    */
   private async untilQuiet(): Promise<boolean> {
     this.waitingForQuiet = true;
+    const began = performance.now();
+    this.logger.info(
+      { quietMs: this.quiet.quietMs },
+      "accounts' readings of other versions are written again once none has been written for the quiet time (a release before the mark may still serve this file until its next check); registrations here wait until then",
+    );
     try {
       let seen = otherReadingsByVersion(this.sqlite);
-      let quietSince = performance.now();
+      let quietSince = began;
+      let extended = false;
       while (performance.now() - quietSince < this.quiet.quietMs) {
         await Bun.sleep(this.quiet.pollMs);
         if (!this.stillOurs()) return false;
         const now = otherReadingsByVersion(this.sqlite);
-        if (now !== seen) {
-          seen = now;
+        // Only what a release before the mark writes starts the wait again: readings of its
+        // version, or of one not seen before. Accounts erased meanwhile do not (95c F2: erasures
+        // every 14 s held registrations for 90 s).
+        if (grew(seen, now)) {
           quietSince = performance.now();
+          if (!extended) {
+            extended = true;
+            this.logger.info(
+              { versions: Object.fromEntries(now) },
+              "accounts' readings of another version are being written (a release before the mark serves this file): the wait goes on",
+            );
+          }
         }
+        seen = now;
       }
+      this.logger.info(
+        { waitedMs: Math.round(performance.now() - began) },
+        "no reading of another version written for the quiet time: writing the accounts' readings again",
+      );
       return true;
     } catch (error) {
       // Locked past the wait: the next tick takes it up again.
@@ -168,4 +188,13 @@ export class ReadingsUpkeep {
       }
     }
   }
+}
+
+/** Whether some version has more accounts in `now` than in `before` (a version new to it too). */
+function grew(
+  before: ReadonlyMap<string | null, number>,
+  now: ReadonlyMap<string | null, number>,
+): boolean {
+  for (const [version, accounts] of now) if (accounts > (before.get(version) ?? 0)) return true;
+  return false;
 }

@@ -70,11 +70,11 @@ export function idsOfOtherReadings(sqlite: Database, limit: number): string[] {
 }
 
 /**
- * How many accounts hold readings of each other version (or none), as one text: what changes when
- * another release's process writes readings (./readings-upkeep.ts). Read through the index, a
- * range of it, as the rewrite reads it.
+ * How many accounts hold readings of each other version (null: none): what grows when another
+ * release's process writes readings (./readings-upkeep.ts). Read through the index, a range of it,
+ * as the rewrite reads it.
  */
-export function otherReadingsByVersion(sqlite: Database): string {
+export function otherReadingsByVersion(sqlite: Database): Map<string | null, number> {
   const counts = sqlite
     .query<{ version: string | null; accounts: number }, [string, string]>(
       `SELECT substr(reading, 1, 13) AS version, count(*) AS accounts
@@ -83,7 +83,7 @@ export function otherReadingsByVersion(sqlite: Database): string {
         GROUP BY 1`,
     )
     .all(...versionRange());
-  return JSON.stringify(counts);
+  return new Map(counts.map((count) => [count.version, count.accounts]));
 }
 
 /**

@@ -269,7 +269,7 @@ export class ReadingsTaken extends AppError {
   constructor() {
     super(
       "SERVICE_UNAVAILABLE",
-      "This process is stopping: another release now serves its database. Retry shortly.",
+      "This process is stopping: another release took its database. Retry shortly.",
       undefined,
       { "retry-after": "5" },
     );
