@@ -32,7 +32,7 @@ import {
   tempDir,
 } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
-import { cleanupsAfterEach } from "../support/cleanups";
+import { cleanupsAfterEach, migratedDatabaseFile } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
 import { runToExit, startService } from "../support/process";
 import { waitFor } from "../support/wait";
@@ -47,14 +47,7 @@ function app(): TestApp {
   return target;
 }
 
-function migratedFile() {
-  const dir = tempDir();
-  cleanups.push(dir.remove);
-  const path = join(dir.path, "p.db");
-  const db = openDatabase(path);
-  applyMigrations(db);
-  return { path, db };
-}
+const migratedFile = () => migratedDatabaseFile(cleanups);
 
 let peers = 0;
 function register(target: Parameters<typeof send>[0], email: string) {
@@ -81,6 +74,28 @@ const readingOf = (sqlite: Database, id: string) =>
   sqlite
     .query<{ reading: string | null }, [string]>("SELECT reading FROM users WHERE id = ?")
     .get(id)?.reading;
+
+/** A file another release served: its mark, and one account ("u") of its reading. */
+function fileOfOtherRelease(): string {
+  const { path, db } = migratedFile();
+  db.$client.run(readingsMarkSql(OTHER));
+  insertAccount(db.$client, "u", "pay@d.example", `${OTHER}:pay@d.example`);
+  db.$client.close();
+  return path;
+}
+
+/** The file's marks and account u's reading, as a reader of the file finds them. */
+function markedAndRead(path: string) {
+  const file = new Database(path, { readonly: true });
+  try {
+    const row = file
+      .query<{ reading: string | null }, []>("SELECT reading FROM users WHERE id = 'u'")
+      .get();
+    return { marks: readingsMarks(file), reading: row?.reading };
+  } finally {
+    file.close();
+  }
+}
 
 const accounts = (sqlite: Database) =>
   sqlite.query<{ n: number }, []>("SELECT count(*) AS n FROM users").get()!.n;
@@ -333,10 +348,7 @@ describe("a file taken with no mark on it (probe 95b F1)", () => {
 
 describe("a start and a command", () => {
   test("a start refused once its port is found taken leaves the file as it was: its mark and readings another release's (probe 95a F2)", async () => {
-    const { path, db } = migratedFile();
-    db.$client.run(readingsMarkSql(OTHER));
-    insertAccount(db.$client, "u", "pay@d.example", `${OTHER}:pay@d.example`);
-    db.$client.close();
+    const path = fileOfOtherRelease();
     const taken = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
     try {
       const start = await runToExit(["bun", "run", "src/index.ts"], {
@@ -349,22 +361,11 @@ describe("a start and a command", () => {
     } finally {
       taken.stop(true);
     }
-    const file = new Database(path, { readonly: true });
-    try {
-      expect(readingsMarks(file)).toEqual([OTHER]);
-      expect(file.query("SELECT reading FROM users").get()).toEqual({
-        reading: `${OTHER}:pay@d.example`,
-      });
-    } finally {
-      file.close();
-    }
+    expect(markedAndRead(path)).toEqual({ marks: [OTHER], reading: `${OTHER}:pay@d.example` });
   }, 30_000);
 
   test("a start signalled to stop while it starts stops without taking the file (probe 95b F2)", async () => {
-    const { path, db } = migratedFile();
-    db.$client.run(readingsMarkSql(OTHER));
-    insertAccount(db.$client, "u", "pay@d.example", `${OTHER}:pay@d.example`);
-    db.$client.close();
+    const path = fileOfOtherRelease();
     // The write lock held: the start waits for it (its audit log's first row), and is signalled.
     const holder = new Database(path);
     holder.run("BEGIN IMMEDIATE");
@@ -391,36 +392,35 @@ describe("a start and a command", () => {
     expect(await proc.exited).toBe(0);
     expect(await stdout).toContain('"msg":"shutdown complete"');
     expect(await stderr).not.toContain("refusing");
-    const file = new Database(path, { readonly: true });
-    try {
-      expect(readingsMarks(file)).toEqual([OTHER]);
-      expect(file.query("SELECT reading FROM users").get()).toEqual({
-        reading: `${OTHER}:pay@d.example`,
-      });
-    } finally {
-      file.close();
-    }
+    expect(markedAndRead(path)).toEqual({ marks: [OTHER], reading: `${OTHER}:pay@d.example` });
   }, 30_000);
 
-  test("a start on a file whose readings are all its own leaves it unmarked: a release before the mark that reads addresses the same way goes on serving it (probe 95a F3)", async () => {
+  test("a start marks an unmarked file, readings to write or not, and with none to write registers at once (probe 95d F1: left unmarked, a release before the mark whose readings differ started beside it)", async () => {
     const { path, db } = migratedFile();
     insertAccount(db.$client, "u", "pay@d.example", storedReading("pay@d.example"));
     db.$client.close();
     const service = await startService({ DATABASE_PATH: path });
+    await waitFor(() => service.stdout().includes("the file is marked as served by this release"), {
+      timeoutMs: 10_000,
+      intervalMs: 20,
+    });
+    const registered = await fetch(new URL("/api/auth/register", service.url), {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ email: "fresh@d.example", password: STRONG_PASSWORD }),
+    });
+    expect(registered.status).toBe(201);
     await service.stop();
     const file = new Database(path, { readonly: true });
     try {
-      expect(readingsMarks(file)).toEqual([]);
+      expect(readingsMarks(file)).toEqual([READING_VERSION]);
     } finally {
       file.close();
     }
   }, 30_000);
 
   test("a start takes a file another release marked: its mark dropped, and a warning; the readings wait the quiet time, registrations meanwhile 503", async () => {
-    const { path, db } = migratedFile();
-    db.$client.run(readingsMarkSql(OTHER));
-    insertAccount(db.$client, "u", "pay@d.example", `${OTHER}:pay@d.example`);
-    db.$client.close();
+    const path = fileOfOtherRelease();
     const service = await startService({ DATABASE_PATH: path });
     // Taken once the start is over (a quarter of a second after it listens); written 15 s later.
     await waitFor(() => service.stdout().includes("registrations here wait until then"), {
@@ -445,18 +445,13 @@ describe("a start and a command", () => {
       readingVersions: [OTHER],
       readingVersion: READING_VERSION,
     });
-    const file = new Database(path, { readonly: true });
-    try {
-      expect(readingsMarks(file)).toEqual([READING_VERSION]);
-      expect(file.query("SELECT reading FROM users").get()).toEqual({
-        reading: `${OTHER}:pay@d.example`,
-      });
-    } finally {
-      file.close();
-    }
+    expect(markedAndRead(path)).toEqual({
+      marks: [READING_VERSION],
+      reading: `${OTHER}:pay@d.example`,
+    });
   }, 30_000);
 
-  test("a command refuses a file another release marked, in one line, and leaves it as it was; a command never marks a file", async () => {
+  test("a command refuses a file another release marked, in one line, and leaves it as it was; only users:create marks a file, and not one holding readings of another version", async () => {
     const { path, db } = migratedFile();
     db.$client.run(readingsMarkSql(OTHER));
     db.$client.close();
@@ -474,19 +469,35 @@ describe("a start and a command", () => {
     } finally {
       file.close();
     }
-    // Probe 95a F3: a command marked the file, and stopped a release before the mark serving it.
-    const made = await cliInProcess(
-      ["users:create", "--email", "root@example.test", "--role", "admin", "--password-stdin"],
-      { DATABASE_PATH: path },
-      STRONG_PASSWORD,
+    // Probe 95a F3: a reading command marked the file, and stopped a release before the mark.
+    expect((await cliInProcess(["users:list"], { DATABASE_PATH: path })).code).toBe(0);
+    // Probe 95d F2: users:create wrote a reading a release before the mark serving the file did not
+    // see; unmarked with another version's readings, it asks for a start first.
+    const create = (email: string) =>
+      cliInProcess(
+        ["users:create", "--email", email, "--role", "admin", "--password-stdin"],
+        { DATABASE_PATH: path },
+        STRONG_PASSWORD,
+      );
+    const refusedCreate = await create("root@example.test");
+    expect(refusedCreate.code).toBe(1);
+    expect(refusedCreate.stderr).toBe(
+      "palisade users:create: the accounts' readings (look-alike addresses) are another version's and the file is not yet marked as this release's: start this release on the file first (stopping every process of an older release), then retry",
     );
-    expect(made.code).toBe(0);
+    const unmarked = new Database(path);
+    try {
+      expect(readingsMarks(unmarked)).toEqual([]);
+      expect(accounts(unmarked)).toBe(1);
+      unmarked.run("DELETE FROM users");
+    } finally {
+      unmarked.close();
+    }
+    // With none of another version, it marks the file and creates the account.
+    expect((await create("root@example.test")).code).toBe(0);
     const after = new Database(path, { readonly: true });
     try {
-      expect(readingsMarks(after)).toEqual([]);
-      expect(after.query("SELECT reading FROM users WHERE id = 'u'").get()).toEqual({
-        reading: `${OTHER}:pay@d.example`,
-      });
+      expect(readingsMarks(after)).toEqual([READING_VERSION]);
+      expect(accounts(after)).toBe(1);
     } finally {
       after.close();
     }

@@ -15,7 +15,7 @@ import { createSchemaGuard } from "../../src/db/schema-guard";
 import { buildTestApp, servicesTold, type TestApp, tempDir } from "../support/app";
 import { createKey, signUp } from "../support/auth";
 import { asUser, chat } from "../support/chat";
-import { cleanupsAfterEach } from "../support/cleanups";
+import { cleanupsAfterEach, migratedDatabaseFile } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
 import { runToExit, startService } from "../support/process";
 
@@ -64,14 +64,7 @@ function schemaChangedEvents(sqlite: Database): unknown[] {
     .map((row) => JSON.parse(row.detail));
 }
 
-function migratedFile() {
-  const dir = tempDir();
-  cleanups.push(dir.remove);
-  const path = join(dir.path, "p.db");
-  const db = openDatabase(path);
-  applyMigrations(db);
-  return { path, db };
-}
+const migratedFile = () => migratedDatabaseFile(cleanups);
 
 // An edit of sqlite_master itself: bun:sqlite refuses it, the sqlite3 shell does not (.ci/run
 // installs it; the tests that need it are skipped where it is missing, except in CI).

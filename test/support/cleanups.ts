@@ -4,6 +4,8 @@
  */
 import { afterEach } from "bun:test";
 import { join } from "node:path";
+import { type AppDatabase, openDatabase } from "../../src/db/client";
+import { applyMigrations } from "../../src/db/migrate";
 import { buildTestApp, type TestApp, tempDir } from "./app";
 
 /** A list to push undo steps on; every step runs after each test, last pushed first. */
@@ -20,6 +22,14 @@ export function tempDatabaseFile(cleanups: (() => void)[]): string {
   const dir = tempDir();
   cleanups.push(dir.remove);
   return join(dir.path, "palisade.db");
+}
+
+/** A database file in a temp folder removed after the test, migrated, and its open database. */
+export function migratedDatabaseFile(cleanups: (() => void)[]): { path: string; db: AppDatabase } {
+  const path = tempDatabaseFile(cleanups);
+  const db = openDatabase(path);
+  applyMigrations(db);
+  return { path, db };
 }
 
 /** A test app (see buildTestApp) that is closed after the test. */

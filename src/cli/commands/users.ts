@@ -1,5 +1,8 @@
+import type { Database } from "bun:sqlite";
 import { generateSecret } from "../../config/secrets";
+import { readingsMarks, takeReadingsMark } from "../../db/readings-mark";
 import { INVALID_EMAIL_MESSAGES } from "../../modules/auth/email";
+import { idsOfOtherReadings, READING_VERSION } from "../../modules/auth/readings";
 import { type OperatorAccount, ReadingsBeingWritten } from "../../modules/auth/service";
 import type { Role } from "../../plugins/auth/principal";
 import {
@@ -89,6 +92,7 @@ export const usersCreate: Command = {
     // A generated password: 32 random bytes, far past any strength rule, in no credential's shape
     // (it was a refresh token's, which scanners and the log scrubber then took it for).
     const password = fromStdin ? passwordOfStdin(await context.readStdin()) : generateSecret();
+    keepFileOfThisRelease(context.db().$client);
     const outcome = await context
       .services()
       .auth.register(email, password, null, role)
@@ -115,6 +119,22 @@ export const usersCreate: Command = {
     }
   },
 };
+
+/**
+ * `users:create` writes a reading of this release's version: the file must be this release's
+ * (db/readings-mark.ts). Unmarked, it is marked now, unless it holds readings of another version:
+ * a release before the mark may be serving it, and would not see this account's (probe 95d F2: its
+ * look-alike registered there, and nothing stopped that release).
+ */
+function keepFileOfThisRelease(sqlite: Database): void {
+  if (readingsMarks(sqlite).includes(READING_VERSION)) return;
+  if (idsOfOtherReadings(sqlite, 1).length > 0) {
+    throw new CliError(
+      "the accounts' readings (look-alike addresses) are another version's and the file is not yet marked as this release's: start this release on the file first (stopping every process of an older release), then retry",
+    );
+  }
+  takeReadingsMark(sqlite, READING_VERSION);
+}
 
 export const usersRole: Command = {
   name: "users:role",

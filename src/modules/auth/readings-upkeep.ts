@@ -10,9 +10,10 @@
  *   (95a F1: a registration read only the first 1,000 of them, and the look-alikes of the rest
  *   registered).
  *
- * Only then is the file taken: a file whose readings are all this version's is left unmarked, so
- * a release before the mark that reads addresses the same way goes on serving it (95a F3: a
- * command of this release stopped it for good). CLI commands never write readings.
+ * A start also marks a file that carries no mark, readings to write or not (95d F1: left unmarked,
+ * a release before the mark whose readings differ started beside this one). Only `users:create`,
+ * of the CLI commands, marks a file (it writes a reading); the others leave it as it is (95a F3: a
+ * reading command stopped a release before the mark for good), and none writes readings again.
  *
  * The rewrite runs between requests, in short parts, each only while the file is still this
  * release's (asked inside the part's transaction: once another release took it, this one writes
@@ -79,7 +80,15 @@ export class ReadingsUpkeep {
     if (this.rewriting !== null) return;
     const otherMarks = otherReadingsMarks(this.sqlite, READING_VERSION);
     if (otherMarks.length > 0 && !atStart) return;
-    if (otherMarks.length === 0 && idsOfOtherReadings(this.sqlite, 1).length === 0) return;
+    const othersStored = idsOfOtherReadings(this.sqlite, 1).length > 0;
+    if (!othersStored) {
+      // Nothing to write again. A start still marks an unmarked file as this release's: left
+      // unmarked, a release before the mark whose readings differ could start on it beside this
+      // one (probe 95d F1: on a file this release made, and each registered look-alikes of the
+      // other's accounts).
+      if (atStart && otherMarks.length === 0) this.markUnmarked();
+      if (otherMarks.length === 0) return;
+    }
     const taken = takeReadingsMark(this.sqlite, READING_VERSION);
     if (taken.dropped.length > 0) {
       this.logger.warn(
@@ -152,6 +161,15 @@ export class ReadingsUpkeep {
     } finally {
       this.waitingForQuiet = false;
     }
+  }
+
+  /** Marks the file as this release's if it carries no mark, said in an info line. */
+  private markUnmarked(): void {
+    if (takeReadingsMark(this.sqlite, READING_VERSION).held) return;
+    this.logger.info(
+      { readingVersion: READING_VERSION },
+      "the file is marked as served by this release's readings (look-alike addresses): a release before the mark cannot start on it, and one still serving it stops at its next check, saying an index on users is not one of its migrations'",
+    );
   }
 
   /** Resolves once the rewrite under way, if any, has ended. */
