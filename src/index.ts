@@ -11,7 +11,7 @@ import { ConfigError, databasePathOf, loadConfig } from "./config";
 import { leftoverDevelopmentKey } from "./config/development-key";
 import { executableEnvironment } from "./config/parse";
 import { looseSecretFileMessage } from "./config/secret-file-modes";
-import { REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
+import { isDatabaseBusy, REQUEST_BUSY_TIMEOUT_MS, setBusyTimeout } from "./db/busy";
 import {
   BUSY_TIMEOUT_MS,
   DatabaseOpenError,
@@ -411,23 +411,35 @@ void services.auth.prepared();
 // is over and a stop asked for during it has been handed over, and only if none was. Taken before
 // the port was bound, a start refused for it had stopped the running service and served nothing
 // (probe 95a F2); taken in the start, a start signalled to stop did the same (95b F2).
-setTimeout(() => {
+// Tried with a serving request's wait for the lock, again a second later while another connection
+// holds it: waiting out the start's 5 s on the event loop held every request, and failed the start.
+let readingsLockedSaid = false;
+const keepReadingsOnceStarted = () => {
   if (running.stopping()) return;
-  setBusyTimeout(db.$client, BUSY_TIMEOUT_MS);
   try {
     services.auth.keepReadings({ atStart: true });
     servedReadings = READING_VERSION;
   } catch (error) {
+    if (isDatabaseBusy(error)) {
+      if (!readingsLockedSaid) {
+        readingsLockedSaid = true;
+        logger.warn(
+          {},
+          "the accounts' readings could not be looked at: the database is locked; trying again every second (registrations wait meanwhile if the file is another release's)",
+        );
+      }
+      setTimeout(keepReadingsOnceStarted, 1_000);
+      return;
+    }
     logger.error(
       { err: error },
       "the accounts' readings could not be kept of this release's version (the file could not be taken for them): stopping",
     );
     process.exitCode = 2;
     void running.shutdown("readings not kept");
-  } finally {
-    setBusyTimeout(db.$client, REQUEST_BUSY_TIMEOUT_MS);
   }
-}, READINGS_TAKEN_AFTER_MS);
+};
+setTimeout(keepReadingsOnceStarted, READINGS_TAKEN_AFTER_MS);
 // The executable starts with JavaScriptCore's tier-up thresholds raised (scripts/build.ts): the
 // start's run-once loops stay in the interpreter instead of being compiled by the optimising JIT,
 // whose code and memory the service would keep for nothing. Serving, code is compiled as usual.

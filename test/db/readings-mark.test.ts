@@ -395,6 +395,37 @@ describe("a start and a command", () => {
     expect(markedAndRead(path)).toEqual({ marks: [OTHER], reading: `${OTHER}:pay@d.example` });
   }, 30_000);
 
+  test("a start whose file another connection holds locked keeps serving, and marks it once the lock is gone", async () => {
+    const { path, db } = migratedFile();
+    db.$client.close();
+    const service = await startService({ DATABASE_PATH: path });
+    const holder = new Database(path);
+    let code: number;
+    try {
+      holder.run("BEGIN IMMEDIATE");
+      // Past the take's first try (a quarter of a second in) and its first retry.
+      await Bun.sleep(1_500);
+      const asked = performance.now();
+      expect((await fetch(new URL("/health", service.url))).status).toBe(200);
+      expect(performance.now() - asked).toBeLessThan(1_000);
+      expect(service.stdout()).toContain("the database is locked; trying again every second");
+    } finally {
+      holder.run("ROLLBACK");
+      holder.close();
+      await waitFor(
+        () => service.stdout().includes("the file is marked as served by this release"),
+        {
+          timeoutMs: 10_000,
+          intervalMs: 20,
+        },
+      ).finally(async () => {
+        code = await service.stop();
+      });
+    }
+    expect(code!).toBe(0);
+    expect(markedAndRead(path).marks).toEqual([READING_VERSION]);
+  }, 30_000);
+
   test("a start marks an unmarked file, readings to write or not, and with none to write registers at once (probe 95d F1: left unmarked, a release before the mark whose readings differ started beside it)", async () => {
     const { path, db } = migratedFile();
     insertAccount(db.$client, "u", "pay@d.example", storedReading("pay@d.example"));
