@@ -257,7 +257,7 @@ for (const again of resealed) logger.error(again.fields, again.message);
 // (below).
 let servedReadings: string | null = null;
 /** How long after the start the readings are looked at: a stop signalled during it is handed over. */
-const READINGS_TAKEN_AFTER_MS = 250;
+const READINGS_TAKEN_AFTER_MS = 100;
 const schemaGuard = createSchemaGuard(db.$client, () => servedReadings);
 const schemaDifferences = schemaGuard.changes();
 if (schemaDifferences.length > 0) {
@@ -292,6 +292,8 @@ try {
     db,
     logger,
     prepareLogin: false,
+    // Until the readings are looked at, once the start is over (below; probe 95e F1).
+    registrationsAfterReadings: true,
     // API_KEYS is checked now and applied once the ports are bound (below): a start refused for a
     // port taken revoked the running processes' bootstrap keys for good (probe 89c F1).
     deferBootstrapKeys: true,

@@ -23,6 +23,7 @@ import {
   READING_VERSION,
   storedReading,
 } from "../../src/modules/auth/readings";
+import { ReadingsBeingWritten } from "../../src/modules/auth/service";
 import {
   buildTestApp,
   NO_READINGS_QUIET,
@@ -346,6 +347,25 @@ describe("a file taken with no mark on it (probe 95b F1)", () => {
   });
 });
 
+describe("registrations before the start has looked at the readings (probe 95e F1)", () => {
+  test("wait (503, nothing written), then register once it has", async () => {
+    const target = app();
+    const { services } = servicesTold(target, {
+      registrationsAfterReadings: true,
+      readingsQuiet: NO_READINGS_QUIET,
+    });
+    cleanups.push(() => services.close());
+    await expect(
+      services.auth.register("pay@d.example", STRONG_PASSWORD, null),
+    ).rejects.toBeInstanceOf(ReadingsBeingWritten);
+    expect(accounts(target.db.$client)).toBe(0);
+    services.auth.keepReadings({ atStart: true });
+    expect((await services.auth.register("pay@d.example", STRONG_PASSWORD, null)).code).toBe(
+      "CREATED",
+    );
+  });
+});
+
 describe("a start and a command", () => {
   test("a start refused once its port is found taken leaves the file as it was: its mark and readings another release's (probe 95a F2)", async () => {
     const path = fileOfOtherRelease();
@@ -403,7 +423,7 @@ describe("a start and a command", () => {
     let code: number;
     try {
       holder.run("BEGIN IMMEDIATE");
-      // Past the take's first try (a quarter of a second in) and its first retry.
+      // Past the take's first try (a tenth of a second in) and its first retry.
       await Bun.sleep(1_500);
       const asked = performance.now();
       expect((await fetch(new URL("/health", service.url))).status).toBe(200);
@@ -453,7 +473,7 @@ describe("a start and a command", () => {
   test("a start takes a file another release marked: its mark dropped, and a warning; the readings wait the quiet time, registrations meanwhile 503", async () => {
     const path = fileOfOtherRelease();
     const service = await startService({ DATABASE_PATH: path });
-    // Taken once the start is over (a quarter of a second after it listens); written 15 s later.
+    // Taken once the start is over (a tenth of a second after it listens); written 15 s later.
     await waitFor(() => service.stdout().includes("registrations here wait until then"), {
       timeoutMs: 10_000,
       intervalMs: 20,

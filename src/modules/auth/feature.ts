@@ -35,6 +35,11 @@ export interface AuthFeatureOptions {
   passwordWork?: PasswordWorkLimits;
   /** Prepare the unknown-email login's dummy hash now (default true; the CLI serves no logins). */
   prepareLogin?: boolean;
+  /**
+   * Registrations wait (503) until the start has looked at the readings (`keepReadings` with
+   * `atStart`): a start (src/index.ts) does so once it is over. Off for the CLI and tests.
+   */
+  registrationsAfterReadings?: boolean;
   /** How zxcvbn is loaded at the first registration (tests make it fail). */
   loadPasswordStrength?: () => Promise<PasswordStrengthModules>;
   /**
@@ -98,6 +103,7 @@ export function authFeature(core: Core, options: AuthFeatureOptions = {}): AuthF
       core.metrics.auth.passwordWorkRefused,
     ),
     prepareLogin: options.prepareLogin,
+    registrationsAfterReadings: options.registrationsAfterReadings,
     loadPasswordStrength: options.loadPasswordStrength,
     rateLimitMetrics: core.metrics.rateLimit,
   });

@@ -153,6 +153,8 @@ export interface AuthServiceOptions {
    * first such login is not slower than the rest. Off for the CLI, which serves no logins.
    */
   prepareLogin?: boolean;
+  /** Registrations wait until the start has looked at the readings (./feature.ts). */
+  registrationsAfterReadings?: boolean;
   /** Failed logins per account before it is locked, and over how long. */
   lockout?: { failures: number; windowMs: number };
   /** How zxcvbn is loaded at the first registration (passwords.ts; tests make it fail). */
@@ -302,6 +304,12 @@ export class AuthService {
   private readonly statements: ReturnType<typeof prepareStatements>;
   /** The accounts' readings kept of this release's version (./readings-upkeep.ts). */
   private readonly readings: ReadingsUpkeep;
+  /**
+   * Whether the start has looked at the readings: before, a registration wrote a reading of this
+   * version into a file not yet marked, which a release before the mark serving it did not see,
+   * and a start stopped then never marked it (probe 95e F1).
+   */
+  private readingsLookedAt: boolean;
   private readonly passwordWork: PasswordWork;
   /** The used tokens of ended sessions whose presentation this process has audited (refresh). */
   private readonly reusedAfterEnd = new RecentEntries<true>(10_000);
@@ -337,6 +345,7 @@ export class AuthService {
     };
     this.db = drizzleOf(options.sqlite);
     this.statements = prepareStatements(this.db);
+    this.readingsLookedAt = options.registrationsAfterReadings !== true;
     this.readings = new ReadingsUpkeep(options.sqlite, options.logger, options.readingsQuiet);
     // Made now, not at the first unknown-email login, so that login is not the slow one.
     if (options.prepareLogin !== false) void this.dummy();
@@ -365,6 +374,7 @@ export class AuthService {
    */
   keepReadings(options: { atStart?: boolean } = {}): void {
     this.readings.keep(options);
+    if (options.atStart) this.readingsLookedAt = true;
   }
 
   /** Resolves once the readings' rewrite under way, if any, has ended. */
@@ -547,7 +557,11 @@ export class AuthService {
       // And an account whose reading is another version's, read here (probe 94g F1); more than
       // a few are being written again (95a F1: the rest were not read, and look-alikes registered).
       const others = idsOfOtherReadings(this.options.sqlite, OTHER_READINGS_READ + 1);
-      if (others.length > OTHER_READINGS_READ || this.readings.registrationsWait()) {
+      if (
+        !this.readingsLookedAt ||
+        others.length > OTHER_READINGS_READ ||
+        this.readings.registrationsWait()
+      ) {
         throw new ReadingsBeingWritten();
       }
       const taken =
