@@ -57,18 +57,27 @@ export class ReadingsUpkeep {
   private rewriting: Promise<void> | null = null;
   /** Waiting for a release before the mark to have stopped (above). */
   private waitingForQuiet = false;
+  /**
+   * Whether the start has looked at the readings: before, a registration wrote a reading of this
+   * version into a file not yet marked, which a release before the mark serving it did not see,
+   * and a start stopped then never marked it (probe 95e F1).
+   */
+  private lookedAtStart: boolean;
 
+  /** `afterStart`: registrations wait until `keep` has run with `atStart` (src/index.ts). */
   constructor(
     private readonly sqlite: Database,
     private readonly logger: Logger,
     private readonly quiet: ReadingsQuiet = DEFAULT_QUIET,
+    { afterStart = false }: { afterStart?: boolean } = {},
   ) {
     this.stillOurs = readingsMarkWatch(sqlite, READING_VERSION);
+    this.lookedAtStart = !afterStart;
   }
 
-  /** Whether registrations wait: a release before the mark may still be serving (above). */
+  /** Whether registrations wait: not yet looked at, or a release before the mark may still serve. */
   registrationsWait(): boolean {
-    return this.waitingForQuiet;
+    return !this.lookedAtStart || this.waitingForQuiet;
   }
 
   /**
@@ -77,6 +86,11 @@ export class ReadingsUpkeep {
    * schema guard stops this process for it.
    */
   keep({ atStart = false }: { atStart?: boolean } = {}): void {
+    this.takeAndRewrite(atStart);
+    if (atStart) this.lookedAtStart = true;
+  }
+
+  private takeAndRewrite(atStart: boolean): void {
     if (this.rewriting !== null) return;
     const otherMarks = otherReadingsMarks(this.sqlite, READING_VERSION);
     if (otherMarks.length > 0 && !atStart) return;

@@ -53,6 +53,9 @@ const versionRange = (): [string, string] =>
   // ';' follows ':' in ASCII.
   [`${READING_VERSION}:`, `${READING_VERSION};`];
 
+/** Accounts whose reading is missing or of another version, given `versionRange` as ?1 and ?2. */
+const OF_ANOTHER_VERSION = "(reading IS NULL OR reading < ?1 OR reading >= ?2)";
+
 /**
  * The ids of up to `limit` accounts whose reading is missing or of another version: none once
  * this release wrote them (./readings-upkeep.ts), but for accounts a process of another release
@@ -63,7 +66,7 @@ export function idsOfOtherReadings(sqlite: Database, limit: number): string[] {
   return sqlite
     .query<{ id: string }, [string, string, number]>(
       `SELECT id FROM users INDEXED BY users_reading
-        WHERE reading IS NULL OR reading < ?1 OR reading >= ?2 LIMIT ?3`,
+        WHERE ${OF_ANOTHER_VERSION} LIMIT ?3`,
     )
     .all(...versionRange(), limit)
     .map((row) => row.id);
@@ -79,7 +82,7 @@ export function otherReadingsByVersion(sqlite: Database): Map<string | null, num
     .query<{ version: string | null; accounts: number }, [string, string]>(
       `SELECT substr(reading, 1, 13) AS version, count(*) AS accounts
          FROM users INDEXED BY users_reading
-        WHERE reading IS NULL OR reading < ?1 OR reading >= ?2
+        WHERE ${OF_ANOTHER_VERSION}
         GROUP BY 1`,
     )
     .all(...versionRange());
@@ -113,13 +116,13 @@ export async function rewriteReadings(
     .query<{ rowid: string; email: string | null }, [string, string, number]>(
       `SELECT CAST(rowid AS TEXT) AS rowid, ${storedAddress} AS email
          FROM users INDEXED BY users_reading
-        WHERE reading IS NULL OR reading < ?1 OR reading >= ?2`,
+        WHERE ${OF_ANOTHER_VERSION}`,
     )
     .all(thisVersion, pastVersion, STORED_ADDRESS_BYTES);
   const write = sqlite.query<unknown, [string, string, number, string, string, string | null]>(
     `UPDATE users SET reading = ?4
       WHERE rowid = CAST(?5 AS INTEGER) AND (${storedAddress}) IS ?6
-        AND (reading IS NULL OR reading < ?1 OR reading >= ?2)`,
+        AND ${OF_ANOTHER_VERSION}`,
   );
   let written = 0;
   const complete = await inWritePartsWhileServing(

@@ -304,12 +304,6 @@ export class AuthService {
   private readonly statements: ReturnType<typeof prepareStatements>;
   /** The accounts' readings kept of this release's version (./readings-upkeep.ts). */
   private readonly readings: ReadingsUpkeep;
-  /**
-   * Whether the start has looked at the readings: before, a registration wrote a reading of this
-   * version into a file not yet marked, which a release before the mark serving it did not see,
-   * and a start stopped then never marked it (probe 95e F1).
-   */
-  private readingsLookedAt: boolean;
   private readonly passwordWork: PasswordWork;
   /** The used tokens of ended sessions whose presentation this process has audited (refresh). */
   private readonly reusedAfterEnd = new RecentEntries<true>(10_000);
@@ -345,8 +339,9 @@ export class AuthService {
     };
     this.db = drizzleOf(options.sqlite);
     this.statements = prepareStatements(this.db);
-    this.readingsLookedAt = options.registrationsAfterReadings !== true;
-    this.readings = new ReadingsUpkeep(options.sqlite, options.logger, options.readingsQuiet);
+    this.readings = new ReadingsUpkeep(options.sqlite, options.logger, options.readingsQuiet, {
+      afterStart: options.registrationsAfterReadings,
+    });
     // Made now, not at the first unknown-email login, so that login is not the slow one.
     if (options.prepareLogin !== false) void this.dummy();
     const refolded = refoldEmailKeys(this.db, options.seal);
@@ -374,7 +369,6 @@ export class AuthService {
    */
   keepReadings(options: { atStart?: boolean } = {}): void {
     this.readings.keep(options);
-    if (options.atStart) this.readingsLookedAt = true;
   }
 
   /** Resolves once the readings' rewrite under way, if any, has ended. */
@@ -557,11 +551,7 @@ export class AuthService {
       // And an account whose reading is another version's, read here (probe 94g F1); more than
       // a few are being written again (95a F1: the rest were not read, and look-alikes registered).
       const others = idsOfOtherReadings(this.options.sqlite, OTHER_READINGS_READ + 1);
-      if (
-        !this.readingsLookedAt ||
-        others.length > OTHER_READINGS_READ ||
-        this.readings.registrationsWait()
-      ) {
+      if (others.length > OTHER_READINGS_READ || this.readings.registrationsWait()) {
         throw new ReadingsBeingWritten();
       }
       const taken =
