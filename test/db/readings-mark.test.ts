@@ -7,9 +7,6 @@
  */
 import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
-import { join } from "node:path";
-import { openDatabase } from "../../src/db/client";
-import { applyMigrations } from "../../src/db/migrate";
 import {
   markedVersion,
   readingsMarkSql,
@@ -24,14 +21,7 @@ import {
   storedReading,
 } from "../../src/modules/auth/readings";
 import { ReadingsBeingWritten } from "../../src/modules/auth/service";
-import {
-  buildTestApp,
-  NO_READINGS_QUIET,
-  send,
-  servicesTold,
-  type TestApp,
-  tempDir,
-} from "../support/app";
+import { buildTestApp, NO_READINGS_QUIET, send, servicesTold, type TestApp } from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
 import { cleanupsAfterEach, migratedDatabaseFile } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
@@ -348,22 +338,40 @@ describe("a file taken with no mark on it (probe 95b F1)", () => {
 });
 
 describe("registrations before the start has looked at the readings (probe 95e F1)", () => {
-  test("wait (503, nothing written), then register once it has", async () => {
+  test("wait for it, and register once it has: nothing written before", async () => {
     const target = app();
     const { services } = servicesTold(target, {
       registrationsAfterReadings: true,
       readingsQuiet: NO_READINGS_QUIET,
     });
     cleanups.push(() => services.close());
+    // The password checker loaded first (a weak password is refused before any wait), so the
+    // registration below is hashed well within the second and then waits.
+    expect((await services.auth.register("pay@d.example", "password", null)).code).toBe(
+      "WEAK_PASSWORD",
+    );
+    const registered = services.auth.register("pay@d.example", STRONG_PASSWORD, null);
+    await Bun.sleep(1_000);
+    expect(accounts(target.db.$client)).toBe(0);
+    services.auth.keepReadings({ atStart: true });
+    expect((await registered).code).toBe("CREATED");
+    expect(accounts(target.db.$client)).toBe(1);
+  });
+
+  test("a start that never looks (stopped, or the file locked for seconds): 503 after 3 s, nothing written", async () => {
+    const target = app();
+    const { services } = servicesTold(target, {
+      registrationsAfterReadings: true,
+      readingsQuiet: NO_READINGS_QUIET,
+    });
+    cleanups.push(() => services.close());
+    const began = performance.now();
     await expect(
       services.auth.register("pay@d.example", STRONG_PASSWORD, null),
     ).rejects.toBeInstanceOf(ReadingsBeingWritten);
+    expect(performance.now() - began).toBeGreaterThanOrEqual(2_900);
     expect(accounts(target.db.$client)).toBe(0);
-    services.auth.keepReadings({ atStart: true });
-    expect((await services.auth.register("pay@d.example", STRONG_PASSWORD, null)).code).toBe(
-      "CREATED",
-    );
-  });
+  }, 15_000);
 });
 
 describe("a start and a command", () => {
@@ -543,12 +551,21 @@ describe("a start and a command", () => {
     } finally {
       unmarked.close();
     }
-    // With none of another version, it marks the file and creates the account.
-    expect((await create("root@example.test")).code).toBe(0);
+    // With none of another version, it marks the file, says so (probe 95e F2: a release before
+    // the mark serving it stopped, its line blaming an index), and creates the account.
+    const marking = await create("root@example.test");
+    expect(marking.code).toBe(0);
+    const markedSaid =
+      "the file is now marked as served by this release's readings (look-alike addresses): a process of a release before the mark serving it stops at its next check, saying an index on users is not one of its migrations'";
+    expect(marking.stderr).toBe(markedSaid);
+    // Marked already: nothing said.
+    const again = await create("second@example.test");
+    expect(again.code).toBe(0);
+    expect(again.stderr).toBe("");
     const after = new Database(path, { readonly: true });
     try {
       expect(readingsMarks(after)).toEqual([READING_VERSION]);
-      expect(accounts(after)).toBe(1);
+      expect(accounts(after)).toBe(2);
     } finally {
       after.close();
     }

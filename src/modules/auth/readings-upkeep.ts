@@ -63,6 +63,8 @@ export class ReadingsUpkeep {
    * and a start stopped then never marked it (probe 95e F1).
    */
   private lookedAtStart: boolean;
+  /** Resolved once the start has looked at the readings. */
+  private readonly startLooked = Promise.withResolvers<void>();
 
   /** `afterStart`: registrations wait until `keep` has run with `atStart` (src/index.ts). */
   constructor(
@@ -73,6 +75,23 @@ export class ReadingsUpkeep {
   ) {
     this.stillOurs = readingsMarkWatch(sqlite, READING_VERSION);
     this.lookedAtStart = !afterStart;
+    if (this.lookedAtStart) this.startLooked.resolve();
+  }
+
+  /**
+   * Resolves once the start has looked at the readings, or after `maxMs`: a registration that
+   * arrives in the tenth of a second before waits for it rather than being refused (503) for it.
+   */
+  async untilLookedAtStart(maxMs: number): Promise<void> {
+    if (this.lookedAtStart) return;
+    let timer: Timer | undefined;
+    await Promise.race([
+      this.startLooked.promise,
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, maxMs);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   /** Whether registrations wait: not yet looked at, or a release before the mark may still serve. */
@@ -87,7 +106,10 @@ export class ReadingsUpkeep {
    */
   keep({ atStart = false }: { atStart?: boolean } = {}): void {
     this.takeAndRewrite(atStart);
-    if (atStart) this.lookedAtStart = true;
+    if (atStart) {
+      this.lookedAtStart = true;
+      this.startLooked.resolve();
+    }
   }
 
   private takeAndRewrite(atStart: boolean): void {

@@ -290,6 +290,12 @@ export class ReadingsBeingWritten extends AppError {
   }
 }
 
+/**
+ * How long a registration waits for the start to look at the readings (100 ms after it listens,
+ * again every second while another connection holds the lock) before answering 503.
+ */
+const START_LOOK_WAITED_MS = 3_000;
+
 /** Addresses of rows stored before normalisation whose keys a process keeps (unkeyedKeys). */
 const UNKEYED_KEYS_REMEMBERED = 1_000_000;
 
@@ -535,6 +541,9 @@ export class AuthService {
       hashPassword(password, this.options.passwordHashing),
     );
     const reading = storedReading(email);
+    // In the tenth of a second after a start listens, the start has not yet looked at the
+    // readings (./readings-upkeep.ts): wait for it, up to a bound, rather than refuse.
+    await this.readings.untilLookedAtStart(START_LOOK_WAITED_MS);
     // Rows stored before normalisation that a start leaves aside while another claims the address
     // too hold it (probe 93g F2: none of them takes it, and neither may a newcomer). Read before
     // the write transaction (93h F3: inside it, 100,000 such rows held the lock 0.5 s a
