@@ -9,7 +9,8 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "
 import { join } from "node:path";
 import { COMMANDS } from "../../src/cli/commands";
 import { runCli } from "../../src/cli/run";
-import { send, tempDir } from "../support/app";
+import { READING_VERSION, storedReading } from "../../src/modules/auth/readings";
+import { buildTestApp, NO_READINGS_QUIET, send, tempDir } from "../support/app";
 import { bearer, signUp } from "../support/auth";
 import { asUser, chat } from "../support/chat";
 import { cliInProcess as cli } from "../support/cli";
@@ -113,11 +114,11 @@ async function populated(): Promise<PaymentsApp> {
   return target;
 }
 
-const verify = (target: PaymentsApp, args: string[] = []) =>
+const verify = (target: Pick<PaymentsApp, "databasePath">, args: string[] = []) =>
   cli(["db:verify", ...args], { DATABASE_PATH: target.databasePath });
 
 /** Runs `sql` on the file as someone with write access to it (and not the key) would. */
-function tamper(target: PaymentsApp, sql: string): void {
+function tamper(target: Pick<PaymentsApp, "databasePath">, sql: string): void {
   const file = new Database(target.databasePath);
   try {
     file.run(sql);
@@ -141,6 +142,7 @@ describe("db:verify", () => {
       /^audit chain intact: \d+ rows verified; head [0-9a-f]{64} count \d+$/,
     );
     expect(lines[3]).toMatch(/^seals intact: \d+ rows verified \(/);
+    expect(lines[4]).toBe("no two accounts' addresses read alike");
     // Every kind was there to check: none of the counts is 0.
     const counts = Object.fromEntries(
       [...lines[3]!.matchAll(/(\w+) (\d+)/g)].map(([, table, n]) => [table, Number(n)]),
@@ -225,7 +227,7 @@ describe("db:verify", () => {
         ),
       ),
     );
-    expect(lines.at(-1)).toMatch(
+    expect(lines.at(-2)).toMatch(
       /^seals: 10 of \d+ rows do not match \(users 1, api_keys 1, refresh_families 1, refresh_tokens 1, chat_conversations 1, chat_messages 1, payments 1, payment_idempotency_keys 1, whatsapp_outbox 1, ip_blocks 1\)/,
     );
     expect(result.stderr).toBe("palisade db:verify: 10 rows do not match their seals");
@@ -301,7 +303,7 @@ describe("db:verify", () => {
       `chat_messages ${answered!.id}: holds a token count that is none: the service shows it as no usage`,
     );
     // Their seals hold: said as what they are, not as rows that do not match (probe 44a).
-    expect(lines.at(-1)).toMatch(
+    expect(lines.at(-2)).toMatch(
       /^seals: 0 of \d+ rows do not match, 3 hold a time or count Palisade never writes \(chat_conversations 1, chat_messages 2\)/,
     );
     expect(result.stderr).toBe(
@@ -347,8 +349,76 @@ describe("db:verify", () => {
     expect(lines).toContain(`users ${"x".repeat(64)}…: does not match its seal`);
     expect(lines.filter((line) => line.startsWith("ip_blocks "))).toHaveLength(99);
     expect(lines).toContain("… and 51 more not named");
-    expect(lines.at(-1)).toStartWith("seals: 151 of ");
+    expect(lines.at(-2)).toStartWith("seals: 151 of ");
     expect(result.stdout).not.toContain("\u001b");
+  });
+
+  test("accounts whose addresses read alike are named, each group on a line, and are no fault of the file", async () => {
+    const target = buildTestApp({
+      env: { RATE_LIMIT_REGISTER: "1000" },
+      readingsQuiet: NO_READINGS_QUIET,
+    });
+    cleanups.push(() => target.close());
+    const latin = await signUp(target, { email: "pay@d.example" });
+    // As before look-alikes were refused (probe 90b F2), or while a release whose readings differ
+    // served the file (94g F1): the look-alike registered while the account's reading was not
+    // the one its address has, which the file then held again.
+    tamper(
+      target,
+      `UPDATE users SET reading = '${READING_VERSION}:elsewhere' WHERE id = '${latin.userId}'`,
+    );
+    const cyrillic = await signUp(target, { email: "\u0440\u0430\u0443@d.example" });
+    tamper(
+      target,
+      `UPDATE users SET reading = '${storedReading("pay@d.example")}' WHERE id = '${latin.userId}'`,
+    );
+    // And a pair of which one account's reading is another version's (not yet written again).
+    const other = await signUp(target, { email: "ace@d.example" });
+    tamper(
+      target,
+      `UPDATE users SET reading = '${READING_VERSION}:elsewhere' WHERE id = '${other.userId}'`,
+    );
+    const third = await signUp(target, { email: "\u0430\u0441\u0435@d.example" });
+    tamper(target, `UPDATE users SET reading = NULL WHERE id = '${other.userId}'`);
+    const result = await verify(target);
+    expect(result.stderr).toBe("");
+    expect(result.code).toBe(0);
+    const lines = result.stdout.split("\n");
+    const said = (accounts: string) =>
+      `look-alike accounts: ${accounts} read alike (registered before look-alikes were refused, while two releases served the file, or written into it): not a fault of the file; check one does not pass for the other`;
+    expect(lines.filter((line) => line.startsWith("look-alike accounts: "))).toEqual([
+      said(`pay@d.example (${latin.userId}), \u0440\u0430\u0443@d.example (${cyrillic.userId})`),
+      said(`ace@d.example (${other.userId}), \u0430\u0441\u0435@d.example (${third.userId})`),
+    ]);
+    expect(lines).not.toContain("no two accounts' addresses read alike");
+  });
+
+  test("an account's reading changed in the file is a fault: named, exit 1 (registration no longer finds its look-alikes)", async () => {
+    const target = buildTestApp({
+      env: { RATE_LIMIT_REGISTER: "1000" },
+      readingsQuiet: NO_READINGS_QUIET,
+    });
+    cleanups.push(() => target.close());
+    const latin = await signUp(target, { email: "pay@d.example" });
+    await signUp(target, { email: "someone@d.example" });
+    tamper(
+      target,
+      `UPDATE users SET reading = '${READING_VERSION}:elsewhere' WHERE id = '${latin.userId}'`,
+    );
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toBe("palisade db:verify: 1 account's reading is not its address's");
+    const lines = result.stdout.split("\n");
+    expect(lines).toContain(
+      `users ${latin.userId}: its reading (look-alike address) is not its address's: written into the file, and registration no longer finds its look-alikes; clear it (UPDATE users SET reading = NULL) and the service writes it again from the address within a minute`,
+    );
+    expect(lines.filter((line) => line.startsWith("users "))).toHaveLength(1);
+    // Which it does: a look-alike registers now, and is refused once the reading is cleared and
+    // written again by the service's upkeep.
+    tamper(target, `UPDATE users SET reading = NULL WHERE id = '${latin.userId}'`);
+    target.services.auth.keepReadings();
+    await target.services.auth.readingsSettled();
+    expect((await verify(target)).code).toBe(0);
   });
 
   test("--head and --count are checked as audit:verify checks them", async () => {

@@ -133,9 +133,11 @@ function keepFileOfThisRelease(sqlite: Database, context: Pick<CommandContext, "
       "the accounts' readings (look-alike addresses) are another version's and the file is not yet marked as this release's: start this release on the file first (stopping every process of an older release), then retry",
     );
   }
-  if (takeReadingsMark(sqlite, READING_VERSION).held) return;
-  // Said, as a start says it: a release before the mark serving the file stops at its next check,
-  // and its own line blames an index it did not make (probe 95e F2).
+  const served = sqlite.query("SELECT 1 FROM users LIMIT 1").get() !== null;
+  if (takeReadingsMark(sqlite, READING_VERSION).held || !served) return;
+  // Said, as a start says it, of a file with accounts (one this command made, or the first
+  // account's, is no one else's yet): a release before the mark serving it stops at its next
+  // check, and its own line blames an index it did not make (probe 95e F2).
   context.err(
     "the file is now marked as served by this release's readings (look-alike addresses): a process of a release before the mark serving it stops at its next check, saying an index on users is not one of its migrations'",
   );

@@ -146,3 +146,112 @@ export async function rewriteReadings(
   );
   return { written, complete };
 }
+
+/** An account as the file holds its id and address. */
+export interface AccountShown {
+  id: unknown;
+  email: unknown;
+}
+
+/** What `checkReadings` found. */
+export interface ReadingsCheck {
+  /**
+   * Accounts whose stored reading is of this version but not their address's: written into the
+   * file (a release writes each from the address), and a look-alike of such an account is not
+   * found by registration, which looks readings up (probe 90b F2's class, by the file's hand).
+   */
+  notTheirAddress: { named: AccountShown[]; count: number };
+  /**
+   * Accounts whose addresses read alike (`pay@d.example` and `рау@d.example` in Cyrillic), in
+   * groups of two or more: registered before
+   * look-alikes were refused (probe 90b F2), while a release whose readings differed shared the
+   * file (94g F1), or written into it.
+   */
+  lookAlikes: AccountShown[][];
+  /** Accounts of another version's reading left out of `lookAlikes` (past OTHERS_COMPARED). */
+  othersNotCompared: number;
+}
+
+/** An account and where the file holds it. */
+type Held = AccountShown & { rowid: number };
+
+/** The accounts a check names one by one; past them, counted. */
+const NAMED = 100;
+/** Accounts of another version's reading a check compares (each held in memory meanwhile). */
+const OTHERS_COMPARED = 10_000;
+
+/**
+ * Every account's reading against its address, read as the rewrite reads it (above: an address
+ * that is no text, or longer than any address, reads as nothing), and the accounts whose
+ * addresses read alike. Streams the rows: memory holds the named rows, the look-alike groups and
+ * the accounts whose reading is another version's, which a start of this release writes again.
+ */
+export function checkReadings(sqlite: Database): ReadingsCheck {
+  const [thisVersion, pastVersion] = versionRange();
+  const storedAddress =
+    "CASE WHEN typeof(email) = 'text' AND octet_length(email) <= ?1 THEN email END";
+  const readingFrom = (email: unknown) =>
+    typeof email === "string" && email.length <= STORED_ADDRESS_LONGEST ? readingOf(email) : null;
+  const notTheirAddress: AccountShown[] = [];
+  let mismatched = 0;
+  const others = new Map<string, Held[]>();
+  let othersNotCompared = 0;
+  const rows = sqlite
+    .query<Held & { address: string | null; reading: unknown }, [number]>(
+      `SELECT rowid, id, email, ${storedAddress} AS address, reading FROM users ORDER BY rowid`,
+    )
+    .iterate(STORED_ADDRESS_BYTES);
+  for (const row of rows) {
+    const expected = readingFrom(row.address);
+    const shown = { rowid: row.rowid, id: row.id, email: row.email };
+    const ofThisVersion =
+      typeof row.reading === "string" && row.reading >= thisVersion && row.reading < pastVersion;
+    if (ofThisVersion) {
+      if (row.reading !== expected) {
+        mismatched++;
+        if (notTheirAddress.length < NAMED) notTheirAddress.push({ id: row.id, email: row.email });
+      }
+      continue;
+    }
+    if (expected === null) continue;
+    if (others.size >= OTHERS_COMPARED && !others.has(expected)) {
+      othersNotCompared++;
+      continue;
+    }
+    const group = others.get(expected);
+    if (group === undefined) others.set(expected, [shown]);
+    else group.push(shown);
+  }
+  // This version's readings alike, through the index; each account's own reading checked, so a
+  // reading written into the file makes no group (it is named above).
+  const repeated = sqlite
+    .query<{ reading: string }, [string, string]>(
+      `SELECT reading FROM users INDEXED BY users_reading
+        WHERE reading >= ?1 AND reading < ?2 GROUP BY reading HAVING count(*) > 1`,
+    )
+    .all(thisVersion, pastVersion);
+  const holders = sqlite.query<Held & { address: string | null }, [number, string]>(
+    `SELECT rowid, id, email, ${storedAddress} AS address FROM users WHERE reading = ?2`,
+  );
+  const readAs = (reading: string) =>
+    holders
+      .all(STORED_ADDRESS_BYTES, reading)
+      .filter((row) => readingFrom(row.address) === reading);
+  const lookAlikes: AccountShown[][] = [];
+  // Each group in the order the accounts were written: the first is the one a look-alike joined.
+  const keep = (group: Held[]) => {
+    if (group.length < 2) return;
+    group.sort((a, b) => a.rowid - b.rowid);
+    lookAlikes.push(group.map(({ id, email }) => ({ id, email })));
+  };
+  for (const { reading } of repeated) {
+    keep([...readAs(reading), ...(others.get(reading) ?? [])]);
+    others.delete(reading);
+  }
+  for (const [reading, group] of others) keep([...readAs(reading), ...group]);
+  return {
+    notTheirAddress: { named: notTheirAddress, count: mismatched },
+    lookAlikes,
+    othersNotCompared,
+  };
+}
