@@ -417,7 +417,10 @@ void services.auth.prepared();
 // holds it: waiting out the start's 5 s on the event loop held every request, and failed the start.
 let readingsLockedSaid = false;
 const keepReadingsOnceStarted = () => {
-  if (running.stopping()) return;
+  if (running.stopping()) {
+    services.auth.readingsNotLookedAtStart();
+    return;
+  }
   try {
     services.auth.keepReadings({ atStart: true });
     servedReadings = READING_VERSION;

@@ -410,7 +410,7 @@ describe("db:verify", () => {
     expect(result.stderr).toBe("palisade db:verify: 1 account's reading is not its address's");
     const lines = result.stdout.split("\n");
     expect(lines).toContain(
-      `users ${latin.userId}: its reading (look-alike address) is not its address's: written into the file, and registration no longer finds its look-alikes; clear it (UPDATE users SET reading = NULL) and the service writes it again from the address within a minute`,
+      `users ${latin.userId}: its reading (look-alike address) is not its address's: changed in the file, and registration no longer finds its look-alikes; clear it (UPDATE users SET reading = NULL WHERE id = that id) and the service writes it again from the address within a minute`,
     );
     expect(lines.filter((line) => line.startsWith("users "))).toHaveLength(1);
     // Which it does: a look-alike registers now, and is refused once the reading is cleared and
@@ -419,6 +419,60 @@ describe("db:verify", () => {
     target.services.auth.keepReadings();
     await target.services.auth.readingsSettled();
     expect((await verify(target)).code).toBe(0);
+  });
+
+  test("what the readings check names is bounded, ordered by id, and read without the reading index (probe 96a F1, F4, F5, F6)", async () => {
+    const target = buildTestApp({
+      env: { RATE_LIMIT_REGISTER: "1000" },
+      readingsQuiet: NO_READINGS_QUIET,
+    });
+    cleanups.push(() => target.close());
+    const latin = await signUp(target, { email: "pay@d.example" });
+    tamper(
+      target,
+      `UPDATE users SET reading = '${READING_VERSION}:elsewhere' WHERE id = '${latin.userId}'`,
+    );
+    const cyrillic = await signUp(target, { email: "\u0440\u0430\u0443@d.example" });
+    tamper(
+      target,
+      `UPDATE users SET reading = '${storedReading("pay@d.example")}' WHERE id = '${latin.userId}'`,
+    );
+    // The older account moved to the end of the file (its row's place, which no seal covers):
+    // still named first, by its id (96a F4).
+    tamper(target, `UPDATE users SET rowid = 1000000 WHERE id = '${latin.userId}'`);
+    const insert = (id: string, email: string, reading: string | null) =>
+      `INSERT INTO users (id, email, password_hash, role, created_at, updated_at, reading)
+       VALUES ('${id}', '${email}', 'x', 'user', 0, 0, ${reading === null ? "NULL" : `'${reading}'`})`;
+    // Twelve accounts of one address, written into the file with no reading: ten named (96a F1).
+    for (let n = 0; n < 12; n++)
+      tamper(target, insert(`z-${String(n).padStart(2, "0")}`, "same@d.example", null));
+    // An id of 100,000 characters with a reading not its address's: named cut to 64.
+    tamper(target, insert(`long${"i".repeat(100_000)}`, "long@d.example", `${READING_VERSION}:x`));
+    // An address that reads as nothing, and the reading the service writes for it (96a F6).
+    tamper(target, insert("no-address", "x".repeat(5_000), `${READING_VERSION}:`));
+    // The reading index dropped: a schema fault, and the rest of the verdict given (96a F5).
+    tamper(target, "DROP INDEX users_reading");
+    const result = await verify(target);
+    expect(result.code).toBe(1);
+    const lines = result.stdout.split("\n");
+    expect(lines.filter((line) => line.includes("its reading (look-alike address)"))).toEqual([
+      `users long${"i".repeat(60)}…: its reading (look-alike address) is not its address's: changed in the file, and registration no longer finds its look-alikes; clear it (UPDATE users SET reading = NULL WHERE id = that id) and the service writes it again from the address within a minute`,
+    ]);
+    const said = (accounts: string) =>
+      `look-alike accounts: ${accounts} read alike (registered before look-alikes were refused, while two releases served the file, or written into it): not a fault of the file; check one does not pass for the other`;
+    const same = Array.from(
+      { length: 10 },
+      (_, n) => `same@d.example (z-${String(n).padStart(2, "0")})`,
+    );
+    expect(lines.filter((line) => line.startsWith("look-alike accounts: "))).toEqual([
+      said(`pay@d.example (${latin.userId}), \u0440\u0430\u0443@d.example (${cyrillic.userId})`),
+      said(`${same.join(", ")} and 2 more`),
+    ]);
+    expect(result.stdout.length).toBeLessThan(20_000);
+    expect(result.stderr).toStartWith(
+      "palisade db:verify: its schema is not as the migrations made it;",
+    );
+    expect(result.stderr).toContain("1 account's reading is not its address's");
   });
 
   test("--head and --count are checked as audit:verify checks them", async () => {

@@ -271,6 +271,8 @@ test("a command run without APP_ENV on a file a production service served: one t
   const service = await startService({ ...PRODUCTION_ENV, DATABASE_PATH: path });
   await service.stop();
   expect(rows(path, "SELECT profile FROM served_profile")).toEqual([{ profile: "production" }]);
+  const markedByStart =
+    rows(path, "SELECT name FROM sqlite_master WHERE name LIKE 'users_readings_%'").length > 0;
   // The service's secrets exported, its APP_ENV not: the development profile would take an
   // eight-character admin password here.
   const { APP_ENV: _profile, ...secrets } = PRODUCTION_ENV;
@@ -329,7 +331,15 @@ test("a command run without APP_ENV on a file a production service served: one t
     { ...shell, APP_ENV: "development" },
     "violet-Harbor-quantum-73!",
   );
-  expect({ code: development.code, stderr: development.stderr }).toEqual({ code: 0, stderr: "" });
+  // A service stopped before it looked at the accounts' readings (a tenth of a second after it
+  // listened) left the file unmarked: the command marks it, and says so (a release before the
+  // mark serving it would stop; probe 96a F3). Marked by the start, nothing is said.
+  expect({ code: development.code, stderr: development.stderr }).toEqual({
+    code: 0,
+    stderr: markedByStart
+      ? ""
+      : "the file is now marked as served by this release's readings (look-alike addresses): a process of a release before the mark serving it stops at its next check, saying an index on users is not one of its migrations'",
+  });
   // A development start records its own profile: the commands go on unsaid.
   const again = await startService({
     APP_ENV: "development",

@@ -7,6 +7,7 @@
  */
 import { Database } from "bun:sqlite";
 import { describe, expect, test } from "bun:test";
+import { join } from "node:path";
 import {
   markedVersion,
   readingsMarkSql,
@@ -21,7 +22,14 @@ import {
   storedReading,
 } from "../../src/modules/auth/readings";
 import { ReadingsBeingWritten } from "../../src/modules/auth/service";
-import { buildTestApp, NO_READINGS_QUIET, send, servicesTold, type TestApp } from "../support/app";
+import {
+  buildTestApp,
+  NO_READINGS_QUIET,
+  send,
+  servicesTold,
+  type TestApp,
+  tempDir,
+} from "../support/app";
 import { STRONG_PASSWORD } from "../support/auth";
 import { cleanupsAfterEach, migratedDatabaseFile } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
@@ -358,6 +366,26 @@ describe("registrations before the start has looked at the readings (probe 95e F
     expect(accounts(target.db.$client)).toBe(1);
   });
 
+  test("a start stopped before it looks: the registrations waiting answer 503 at once, nothing written (probe 96a F6)", async () => {
+    const target = app();
+    const { services } = servicesTold(target, {
+      registrationsAfterReadings: true,
+      readingsQuiet: NO_READINGS_QUIET,
+    });
+    cleanups.push(() => services.close());
+    expect((await services.auth.register("pay@d.example", "password", null)).code).toBe(
+      "WEAK_PASSWORD",
+    );
+    const registered = services.auth.register("pay@d.example", STRONG_PASSWORD, null);
+    const refused = expect(registered).rejects.toBeInstanceOf(ReadingsBeingWritten);
+    await Bun.sleep(500);
+    const told = performance.now();
+    services.auth.readingsNotLookedAtStart();
+    await refused;
+    expect(performance.now() - told).toBeLessThan(1_000);
+    expect(accounts(target.db.$client)).toBe(0);
+  });
+
   test("a start that never looks (stopped, or the file locked for seconds): 503 after 3 s, nothing written", async () => {
     const target = app();
     const { services } = servicesTold(target, {
@@ -551,9 +579,31 @@ describe("a start and a command", () => {
     } finally {
       unmarked.close();
     }
-    // With none of another version, it marks the file, says so as it holds accounts (probe 95e
-    // F2: a release before the mark serving it stopped, its line blaming an index), and creates
-    // the account.
+    // Refused for its address, its password or as a duplicate, it writes nothing and leaves the
+    // file unmarked (probe 96a F2: each marked it, stopping a release before the mark serving it).
+    const refusals = [
+      await cliInProcess(["users:create", "--email", "not-an-address"], { DATABASE_PATH: path }),
+      await cliInProcess(
+        ["users:create", "--email", "weak@example.test", "--password-stdin"],
+        { DATABASE_PATH: path },
+        "password",
+      ),
+      await create("pay@d.example"),
+    ];
+    expect(refusals.map((refused) => [refused.code, refused.stderr.includes("marked")])).toEqual([
+      [2, false],
+      [1, false],
+      [1, false],
+    ]);
+    const stillUnmarked = new Database(path, { readonly: true });
+    try {
+      expect(readingsMarks(stillUnmarked)).toEqual([]);
+      expect(accounts(stillUnmarked)).toBe(1);
+    } finally {
+      stillUnmarked.close();
+    }
+    // With none of another version, it marks the file, says so (probe 95e F2: a release before
+    // the mark serving it stopped, its line blaming an index), and creates the account.
     const marking = await create("root@example.test");
     expect(marking.code).toBe(0);
     const markedSaid =
@@ -569,6 +619,37 @@ describe("a start and a command", () => {
       expect(accounts(after)).toBe(3);
     } finally {
       after.close();
+    }
+  }, 30_000);
+
+  test("users:create says it marked a file it did not make, accounts or none (probe 96a F3), and nothing of one it makes", async () => {
+    const said =
+      "the file is now marked as served by this release's readings (look-alike addresses): a process of a release before the mark serving it stops at its next check, saying an index on users is not one of its migrations'";
+    const create = (path: string) =>
+      cliInProcess(
+        ["users:create", "--email", "admin@example.test", "--role", "admin", "--password-stdin"],
+        { DATABASE_PATH: path },
+        STRONG_PASSWORD,
+      );
+    // A release before the mark may serve a file before its first account.
+    const { path, db } = migratedFile();
+    db.$client.close();
+    const served = await create(path);
+    expect(served.code).toBe(0);
+    expect(served.stderr).toBe(said);
+    const dir = tempDir();
+    cleanups.push(() => dir.remove());
+    const made = join(dir.path, "new.db");
+    const fresh = await create(made);
+    expect(fresh.code).toBe(0);
+    expect(fresh.stderr).toBe("");
+    for (const file of [path, made]) {
+      const marked = new Database(file, { readonly: true });
+      try {
+        expect(readingsMarks(marked)).toEqual([READING_VERSION]);
+      } finally {
+        marked.close();
+      }
     }
   }, 30_000);
 });

@@ -16,7 +16,7 @@ import { type MigrationStatus, migrationStatus } from "../../db/migrate";
 import { MIGRATION_TAG_BY_MILLIS } from "../../db/migrations";
 import { expectedSchema, schemaDifferences } from "../../db/schema-guard";
 import { firstLine } from "../../error-line";
-import { type AccountShown, checkReadings, READING_VERSION } from "../../modules/auth/readings";
+import { checkReadings, READING_VERSION } from "../../modules/auth/readings";
 import { AuditKeys } from "../../plugins/audit/chain";
 import { type AuditHead, verifyAuditChain } from "../../plugins/audit/log";
 import { describeFailure } from "../../plugins/audit/verify";
@@ -197,32 +197,40 @@ function shapeFaults(sqlite: Database): { lines: string[]; fault: string; sealsR
 
 /**
  * The accounts' readings (modules/auth/readings.ts), a line each for an account whose reading is
- * not its address's (a fault: written into the file, and registration no longer finds its
+ * not its address's (a fault: changed in the file, and registration no longer finds its
  * look-alikes) and for each group of accounts whose addresses read alike: no fault of the file,
  * which a release that refused none of them wrote as it should, and two people may hold them, but
- * what an operator checks, since one may pass for the other.
+ * what an operator checks, since one may pass for the other. A file whose users table cannot be
+ * read so (its shape changed: the schema lines say how) is said to be, and the rest of the verdict
+ * given (probe 96a F5).
  */
 export function readingsLines(sqlite: Database): { lines: string[]; fault: string | null } {
-  const { notTheirAddress, lookAlikes, othersNotCompared } = checkReadings(sqlite);
-  const shown = (account: AccountShown) =>
-    `${shownAddress(account.email)} (${shownId(account.id)})`;
+  let found: ReturnType<typeof checkReadings>;
+  try {
+    found = checkReadings(sqlite);
+  } catch (error) {
+    return { lines: [`readings: not checked: ${firstLine(error)}`], fault: null };
+  }
+  const { notTheirAddress, lookAlikes, othersNotCompared } = found;
   const lines = notTheirAddress.named.map(
     (account) =>
-      `users ${shownId(account.id)}: its reading (look-alike address) is not its address's: written into the file, and registration no longer finds its look-alikes; clear it (UPDATE users SET reading = NULL) and the service writes it again from the address within a minute`,
+      `users ${shownId(account.id)}: its reading (look-alike address) is not its address's: changed in the file, and registration no longer finds its look-alikes; clear it (UPDATE users SET reading = NULL WHERE id = that id) and the service writes it again from the address within a minute`,
   );
   if (notTheirAddress.count > lines.length) {
     lines.push(`… and ${notTheirAddress.count - lines.length} more not named`);
   }
-  const groups = lookAlikes
-    .slice(0, NAMED_GROUPS)
-    .map(
-      (group) =>
-        `look-alike accounts: ${group.map(shown).join(", ")} read alike (registered before look-alikes were refused, while two releases served the file, or written into it): not a fault of the file; check one does not pass for the other`,
-    );
-  lines.push(...groups);
-  if (lookAlikes.length > groups.length) {
+  const named = lookAlikes.slice(0, NAMED_GROUPS).map((group) => {
+    const accounts = group.named
+      .map((account) => `${shownAddress(account.address)} (${shownId(account.id)})`)
+      .join(", ");
+    const more =
+      group.count > group.named.length ? ` and ${group.count - group.named.length} more` : "";
+    return `look-alike accounts: ${accounts}${more} read alike (registered before look-alikes were refused, while two releases served the file, or written into it): not a fault of the file; check one does not pass for the other`;
+  });
+  lines.push(...named);
+  if (lookAlikes.length > named.length) {
     lines.push(
-      `… and ${lookAlikes.length - groups.length} more groups of look-alike accounts not named`,
+      `… and ${lookAlikes.length - named.length} more groups of look-alike accounts not named`,
     );
   }
   if (othersNotCompared > 0) {

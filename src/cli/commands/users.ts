@@ -1,5 +1,8 @@
 import type { Database } from "bun:sqlite";
+import { existsSync } from "node:fs";
 import { generateSecret } from "../../config/secrets";
+import { BUSY_TIMEOUT_MS } from "../../db/client";
+import { lookAt } from "../../db/file-look";
 import { readingsMarks, takeReadingsMark } from "../../db/readings-mark";
 import { INVALID_EMAIL_MESSAGES } from "../../modules/auth/email";
 import { idsOfOtherReadings, READING_VERSION } from "../../modules/auth/readings";
@@ -92,10 +95,21 @@ export const usersCreate: Command = {
     // A generated password: 32 random bytes, far past any strength rule, in no credential's shape
     // (it was a refresh token's, which scanners and the log scrubber then took it for).
     const password = fromStdin ? passwordOfStdin(await context.readStdin()) : generateSecret();
-    keepFileOfThisRelease(context.db().$client, context);
+    // A file with no accounts' table yet (one this command makes, or one whose first start
+    // stopped before its migrations) no release serves: its mark needs no word (below).
+    const servable = holdsAccountsTable(context.config().databasePath);
+    const sqlite = context.db().$client;
+    // Only once the account is known to be written: a refused command leaves the file as it was,
+    // unmarked too (probe 96a F2: a mistyped address marked it, and stopped a release before the
+    // mark serving it, with nothing written).
+    let marked = false;
     const outcome = await context
       .services()
-      .auth.register(email, password, null, role)
+      .auth.register(email, password, null, role, {
+        beforeWrite: () => {
+          marked = keepFileOfThisRelease(sqlite);
+        },
+      })
       .catch((error: unknown) => {
         // A command writes no readings again (modules/auth/readings-upkeep.ts): a start does.
         if (error instanceof ReadingsBeingWritten) {
@@ -113,6 +127,14 @@ export const usersCreate: Command = {
       case "DUPLICATE":
         throw new CliError("an account with this email already exists");
       case "CREATED":
+        if (marked && servable) {
+          // Said, as a start says it: a release before the mark serving the file, even one with
+          // no account yet, stops at its next check, and its own line blames an index it did not
+          // make (probes 95e F2, 96a F3).
+          context.err(
+            "the file is now marked as served by this release's readings (look-alike addresses): a process of a release before the mark serving it stops at its next check, saying an index on users is not one of its migrations'",
+          );
+        }
         context.out(`created ${outcome.user.role} ${outcome.user.email} (${outcome.user.id})`);
         if (!fromStdin) context.out(`password (shown once): ${password}`);
         return 0;
@@ -120,27 +142,31 @@ export const usersCreate: Command = {
   },
 };
 
+/** Whether the file at `path` has a users table, looked at without a trace; locked, it may. */
+function holdsAccountsTable(path: string): boolean {
+  if (path === ":memory:" || !existsSync(path)) return false;
+  try {
+    return lookAt(path, BUSY_TIMEOUT_MS)?.tables.has("users") ?? false;
+  } catch {
+    return true;
+  }
+}
+
 /**
  * `users:create` writes a reading of this release's version: the file must be this release's
- * (db/readings-mark.ts). Unmarked, it is marked now, unless it holds readings of another version:
- * a release before the mark may be serving it, and would not see this account's (probe 95d F2: its
- * look-alike registered there, and nothing stopped that release).
+ * (db/readings-mark.ts). Unmarked, it is marked now, in the registration's transaction, unless it
+ * holds readings of another version: a release before the mark may be serving it, and would not see
+ * this account's (probe 95d F2: its look-alike registered there, and nothing stopped that release).
+ * True when it marked the file.
  */
-function keepFileOfThisRelease(sqlite: Database, context: Pick<CommandContext, "err">): void {
-  if (readingsMarks(sqlite).includes(READING_VERSION)) return;
+function keepFileOfThisRelease(sqlite: Database): boolean {
+  if (readingsMarks(sqlite).includes(READING_VERSION)) return false;
   if (idsOfOtherReadings(sqlite, 1).length > 0) {
     throw new CliError(
       "the accounts' readings (look-alike addresses) are another version's and the file is not yet marked as this release's: start this release on the file first (stopping every process of an older release), then retry",
     );
   }
-  const served = sqlite.query("SELECT 1 FROM users LIMIT 1").get() !== null;
-  if (takeReadingsMark(sqlite, READING_VERSION).held || !served) return;
-  // Said, as a start says it, of a file with accounts (one this command made, or the first
-  // account's, is no one else's yet): a release before the mark serving it stops at its next
-  // check, and its own line blames an index it did not make (probe 95e F2).
-  context.err(
-    "the file is now marked as served by this release's readings (look-alike addresses): a process of a release before the mark serving it stops at its next check, saying an index on users is not one of its migrations'",
-  );
+  return !takeReadingsMark(sqlite, READING_VERSION).held;
 }
 
 export const usersRole: Command = {

@@ -99,6 +99,11 @@ export class ReadingsUpkeep {
     return !this.lookedAtStart || this.waitingForQuiet;
   }
 
+  /** Registrations waiting for the start's look stop waiting; they find it not taken (503). */
+  notLookedAtStart(): void {
+    this.startLooked.resolve();
+  }
+
   /**
    * Takes the file and writes its readings again when some are another version's, or, at start,
    * when another release's mark is on it. At a tick, another release's mark is left as it is: the

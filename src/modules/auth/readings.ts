@@ -147,108 +147,137 @@ export async function rewriteReadings(
   return { written, complete };
 }
 
-/** An account as the file holds its id and address. */
-export interface AccountShown {
+/**
+ * An account as a check names it: its id as the file holds it, text cut to 64 characters (an id
+ * written into the file can be any length: probe 96a F1, 10 MB each), and its address, bounded as
+ * an address is (null when it is none).
+ */
+export interface AccountNamed {
   id: unknown;
-  email: unknown;
+  address: string | null;
 }
 
 /** What `checkReadings` found. */
 export interface ReadingsCheck {
   /**
-   * Accounts whose stored reading is of this version but not their address's: written into the
-   * file (a release writes each from the address), and a look-alike of such an account is not
-   * found by registration, which looks readings up (probe 90b F2's class, by the file's hand).
+   * Accounts whose stored reading is of this version but not their address's: changed in the
+   * file (a release writes each from the address), and registration, which looks readings up,
+   * does not find such an account's look-alikes. The first 100, and how many.
    */
-  notTheirAddress: { named: AccountShown[]; count: number };
+  notTheirAddress: { named: AccountNamed[]; count: number };
   /**
    * Accounts whose addresses read alike (`pay@d.example` and `рау@d.example` in Cyrillic), in
-   * groups of two or more: registered before
-   * look-alikes were refused (probe 90b F2), while a release whose readings differed shared the
-   * file (94g F1), or written into it.
+   * groups of two or more: registered before look-alikes were refused (probe 90b F2), while a
+   * release whose readings differed shared the file (94g F1), or written into it. Each names its
+   * first 10 accounts by id (which the seal covers: a UUIDv7 tells when it was made; the row's
+   * place in the file, 96a F4, can be changed), and counts them all.
    */
-  lookAlikes: AccountShown[][];
+  lookAlikes: { named: AccountNamed[]; count: number }[];
   /** Accounts of another version's reading left out of `lookAlikes` (past OTHERS_COMPARED). */
   othersNotCompared: number;
 }
 
-/** An account and where the file holds it. */
-type Held = AccountShown & { rowid: number };
-
 /** The accounts a check names one by one; past them, counted. */
 const NAMED = 100;
-/** Accounts of another version's reading a check compares (each held in memory meanwhile). */
+/** The accounts a look-alike group names; past them, counted. */
+const NAMED_IN_GROUP = 10;
+/** Distinct readings of another version's accounts a check compares (each held meanwhile). */
 const OTHERS_COMPARED = 10_000;
 
+/** A look-alike group as it is gathered: its first accounts by id, and how many. */
+interface Group {
+  named: AccountNamed[];
+  count: number;
+}
+
+/** An id's order: text as it sorts, anything else (written into the file) after it. */
+const idOrder = (a: AccountNamed, b: AccountNamed): number => {
+  const left = typeof a.id === "string" ? a.id : null;
+  const right = typeof b.id === "string" ? b.id : null;
+  if (left === null || right === null) return left === right ? 0 : left === null ? 1 : -1;
+  return left < right ? -1 : left > right ? 1 : 0;
+};
+
+function joinGroup(group: Group, account: AccountNamed): void {
+  group.count++;
+  group.named.push(account);
+  group.named.sort(idOrder);
+  if (group.named.length > NAMED_IN_GROUP) group.named.pop();
+}
+
 /**
- * Every account's reading against its address, read as the rewrite reads it (above: an address
- * that is no text, or longer than any address, reads as nothing), and the accounts whose
- * addresses read alike. Streams the rows: memory holds the named rows, the look-alike groups and
- * the accounts whose reading is another version's, which a start of this release writes again.
+ * Every account's reading against its address, as the rewrite reads it (above: an address that is
+ * no text, or longer than any address, reads as this version with nothing after it), and the
+ * accounts whose addresses read alike. Streams the rows; what it holds is bounded: the named
+ * accounts, each group's first ten, and the readings of accounts whose reading is another
+ * version's (up to OTHERS_COMPARED), which a start of this release writes again. Read without
+ * naming an index: one dropped from the file gives no error here (the schema check names it).
  */
 export function checkReadings(sqlite: Database): ReadingsCheck {
   const [thisVersion, pastVersion] = versionRange();
   const storedAddress =
     "CASE WHEN typeof(email) = 'text' AND octet_length(email) <= ?1 THEN email END";
-  const readingFrom = (email: unknown) =>
-    typeof email === "string" && email.length <= STORED_ADDRESS_LONGEST ? readingOf(email) : null;
-  const notTheirAddress: AccountShown[] = [];
+  const namedId =
+    "CASE WHEN typeof(id) = 'text' AND length(id) > 64 THEN substr(id, 1, 64) || '…' ELSE id END";
+  const readingFrom = (address: string | null) =>
+    address !== null && address.length <= STORED_ADDRESS_LONGEST ? readingOf(address) : thisVersion;
+  const notTheirAddress: AccountNamed[] = [];
   let mismatched = 0;
-  const others = new Map<string, Held[]>();
+  const others = new Map<string, Group>();
   let othersNotCompared = 0;
   const rows = sqlite
-    .query<Held & { address: string | null; reading: unknown }, [number]>(
-      `SELECT rowid, id, email, ${storedAddress} AS address, reading FROM users ORDER BY rowid`,
+    .query<AccountNamed & { reading: unknown }, [number]>(
+      `SELECT ${namedId} AS id, ${storedAddress} AS address, reading FROM users`,
     )
     .iterate(STORED_ADDRESS_BYTES);
   for (const row of rows) {
     const expected = readingFrom(row.address);
-    const shown = { rowid: row.rowid, id: row.id, email: row.email };
+    const account = { id: row.id, address: row.address };
     const ofThisVersion =
       typeof row.reading === "string" && row.reading >= thisVersion && row.reading < pastVersion;
     if (ofThisVersion) {
       if (row.reading !== expected) {
         mismatched++;
-        if (notTheirAddress.length < NAMED) notTheirAddress.push({ id: row.id, email: row.email });
+        if (notTheirAddress.length < NAMED) notTheirAddress.push(account);
       }
       continue;
     }
-    if (expected === null) continue;
-    if (others.size >= OTHERS_COMPARED && !others.has(expected)) {
-      othersNotCompared++;
-      continue;
+    // An address that reads as nothing reads as no other.
+    if (expected === thisVersion) continue;
+    let group = others.get(expected);
+    if (group === undefined) {
+      if (others.size >= OTHERS_COMPARED) {
+        othersNotCompared++;
+        continue;
+      }
+      group = { named: [], count: 0 };
+      others.set(expected, group);
     }
-    const group = others.get(expected);
-    if (group === undefined) others.set(expected, [shown]);
-    else group.push(shown);
+    joinGroup(group, account);
   }
-  // This version's readings alike, through the index; each account's own reading checked, so a
-  // reading written into the file makes no group (it is named above).
+  // This version's readings alike; each account's own reading checked again, so a reading
+  // changed in the file makes no group (it is named above).
   const repeated = sqlite
     .query<{ reading: string }, [string, string]>(
-      `SELECT reading FROM users INDEXED BY users_reading
-        WHERE reading >= ?1 AND reading < ?2 GROUP BY reading HAVING count(*) > 1`,
+      `SELECT reading FROM users WHERE reading > ?1 AND reading < ?2
+        GROUP BY reading HAVING count(*) > 1`,
     )
     .all(thisVersion, pastVersion);
-  const holders = sqlite.query<Held & { address: string | null }, [number, string]>(
-    `SELECT rowid, id, email, ${storedAddress} AS address FROM users WHERE reading = ?2`,
+  const holders = sqlite.query<AccountNamed, [number, string]>(
+    `SELECT ${namedId} AS id, ${storedAddress} AS address FROM users WHERE reading = ?2`,
   );
-  const readAs = (reading: string) =>
-    holders
-      .all(STORED_ADDRESS_BYTES, reading)
-      .filter((row) => readingFrom(row.address) === reading);
-  const lookAlikes: AccountShown[][] = [];
-  // Each group in the order the accounts were written: the first is the one a look-alike joined.
-  const keep = (group: Held[]) => {
-    if (group.length < 2) return;
-    group.sort((a, b) => a.rowid - b.rowid);
-    lookAlikes.push(group.map(({ id, email }) => ({ id, email })));
+  const lookAlikes: Group[] = [];
+  const gather = (reading: string, group: Group) => {
+    for (const holder of holders.iterate(STORED_ADDRESS_BYTES, reading)) {
+      if (readingFrom(holder.address) === reading) joinGroup(group, holder);
+    }
+    if (group.count > 1) lookAlikes.push(group);
   };
   for (const { reading } of repeated) {
-    keep([...readAs(reading), ...(others.get(reading) ?? [])]);
+    gather(reading, others.get(reading) ?? { named: [], count: 0 });
     others.delete(reading);
   }
-  for (const [reading, group] of others) keep([...readAs(reading), ...group]);
+  for (const [reading, group] of others) gather(reading, group);
   return {
     notTheirAddress: { named: notTheirAddress, count: mismatched },
     lookAlikes,

@@ -377,6 +377,14 @@ export class AuthService {
     this.readings.keep(options);
   }
 
+  /**
+   * The start will not look at the readings (a stop was asked for first): registrations waiting
+   * for that look answer 503 now rather than hold the stop for their wait (probe 96a F6).
+   */
+  readingsNotLookedAtStart(): void {
+    this.readings.notLookedAtStart();
+  }
+
   /** Resolves once the readings' rewrite under way, if any, has ended. */
   readingsSettled(): Promise<void> {
     return this.readings.settled();
@@ -518,6 +526,16 @@ export class AuthService {
     password: string,
     meta: RequestMeta | null,
     role: Role = "user",
+    {
+      beforeWrite,
+    }: {
+      /**
+       * Run inside the write transaction once the account is known to be new, just before it is
+       * written: what the caller does only if an account is written (users:create marks the file,
+       * cli/commands/users.ts). What it throws refuses the registration, nothing written.
+       */
+      beforeWrite?: () => void;
+    } = {},
   ): Promise<RegisterOutcome> {
     const address = checkEmail(rawEmail);
     if (!address.ok) return { code: "INVALID_EMAIL", reason: address.reason };
@@ -599,6 +617,7 @@ export class AuthService {
           // this process stops at its next check (db/readings-mark.ts; probe 94g F1).
           if (!this.readings.stillOurs()) throw new ReadingsTaken();
           if (duplicate()) return false;
+          beforeWrite?.();
           this.db
             .insert(users)
             .values({
