@@ -117,6 +117,35 @@ async function populated(): Promise<PaymentsApp> {
 const verify = (target: Pick<PaymentsApp, "databasePath">, args: string[] = []) =>
   cli(["db:verify", ...args], { DATABASE_PATH: target.databasePath });
 
+/** An app whose registrations are not limited and whose readings are written again at once. */
+function accountsApp() {
+  const target = buildTestApp({
+    env: { RATE_LIMIT_REGISTER: "1000" },
+    readingsQuiet: NO_READINGS_QUIET,
+  });
+  cleanups.push(() => target.close());
+  return target;
+}
+
+/**
+ * `pay@d.example` and its Cyrillic look-alike, as registered before look-alikes were refused
+ * (probe 90b F2) or while a release whose readings differ served the file (94g F1): the second
+ * while the first's reading was not its address's, which the file then held again.
+ */
+async function lookAlikePair(target: ReturnType<typeof accountsApp>) {
+  const latin = await signUp(target, { email: "pay@d.example" });
+  tamper(
+    target,
+    `UPDATE users SET reading = '${READING_VERSION}:elsewhere' WHERE id = '${latin.userId}'`,
+  );
+  const cyrillic = await signUp(target, { email: "\u0440\u0430\u0443@d.example" });
+  tamper(
+    target,
+    `UPDATE users SET reading = '${storedReading("pay@d.example")}' WHERE id = '${latin.userId}'`,
+  );
+  return { latin, cyrillic };
+}
+
 /** Runs `sql` on the file as someone with write access to it (and not the key) would. */
 function tamper(target: Pick<PaymentsApp, "databasePath">, sql: string): void {
   const file = new Database(target.databasePath);
@@ -354,24 +383,8 @@ describe("db:verify", () => {
   });
 
   test("accounts whose addresses read alike are named, each group on a line, and are no fault of the file", async () => {
-    const target = buildTestApp({
-      env: { RATE_LIMIT_REGISTER: "1000" },
-      readingsQuiet: NO_READINGS_QUIET,
-    });
-    cleanups.push(() => target.close());
-    const latin = await signUp(target, { email: "pay@d.example" });
-    // As before look-alikes were refused (probe 90b F2), or while a release whose readings differ
-    // served the file (94g F1): the look-alike registered while the account's reading was not
-    // the one its address has, which the file then held again.
-    tamper(
-      target,
-      `UPDATE users SET reading = '${READING_VERSION}:elsewhere' WHERE id = '${latin.userId}'`,
-    );
-    const cyrillic = await signUp(target, { email: "\u0440\u0430\u0443@d.example" });
-    tamper(
-      target,
-      `UPDATE users SET reading = '${storedReading("pay@d.example")}' WHERE id = '${latin.userId}'`,
-    );
+    const target = accountsApp();
+    const { latin, cyrillic } = await lookAlikePair(target);
     // And a pair of which one account's reading is another version's (not yet written again).
     const other = await signUp(target, { email: "ace@d.example" });
     tamper(
@@ -394,11 +407,7 @@ describe("db:verify", () => {
   });
 
   test("an account's reading changed in the file is a fault: named, exit 1 (registration no longer finds its look-alikes)", async () => {
-    const target = buildTestApp({
-      env: { RATE_LIMIT_REGISTER: "1000" },
-      readingsQuiet: NO_READINGS_QUIET,
-    });
-    cleanups.push(() => target.close());
+    const target = accountsApp();
     const latin = await signUp(target, { email: "pay@d.example" });
     await signUp(target, { email: "someone@d.example" });
     tamper(
@@ -422,21 +431,8 @@ describe("db:verify", () => {
   });
 
   test("what the readings check names is bounded, ordered by id, and read without the reading index (probe 96a F1, F4, F5, F6)", async () => {
-    const target = buildTestApp({
-      env: { RATE_LIMIT_REGISTER: "1000" },
-      readingsQuiet: NO_READINGS_QUIET,
-    });
-    cleanups.push(() => target.close());
-    const latin = await signUp(target, { email: "pay@d.example" });
-    tamper(
-      target,
-      `UPDATE users SET reading = '${READING_VERSION}:elsewhere' WHERE id = '${latin.userId}'`,
-    );
-    const cyrillic = await signUp(target, { email: "\u0440\u0430\u0443@d.example" });
-    tamper(
-      target,
-      `UPDATE users SET reading = '${storedReading("pay@d.example")}' WHERE id = '${latin.userId}'`,
-    );
+    const target = accountsApp();
+    const { latin, cyrillic } = await lookAlikePair(target);
     // The older account moved to the end of the file (its row's place, which no seal covers):
     // still named first, by its id (96a F4).
     tamper(target, `UPDATE users SET rowid = 1000000 WHERE id = '${latin.userId}'`);

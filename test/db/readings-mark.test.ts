@@ -345,19 +345,27 @@ describe("a file taken with no mark on it (probe 95b F1)", () => {
   });
 });
 
+/**
+ * Services whose registrations wait for the start's look at the readings, the password checker
+ * loaded (a weak password is refused before any wait), so a registration is hashed well within a
+ * second and then waits.
+ */
+async function beforeTheLook() {
+  const target = app();
+  const { services } = servicesTold(target, {
+    registrationsAfterReadings: true,
+    readingsQuiet: NO_READINGS_QUIET,
+  });
+  cleanups.push(() => services.close());
+  expect((await services.auth.register("pay@d.example", "password", null)).code).toBe(
+    "WEAK_PASSWORD",
+  );
+  return { target, services };
+}
+
 describe("registrations before the start has looked at the readings (probe 95e F1)", () => {
   test("wait for it, and register once it has: nothing written before", async () => {
-    const target = app();
-    const { services } = servicesTold(target, {
-      registrationsAfterReadings: true,
-      readingsQuiet: NO_READINGS_QUIET,
-    });
-    cleanups.push(() => services.close());
-    // The password checker loaded first (a weak password is refused before any wait), so the
-    // registration below is hashed well within the second and then waits.
-    expect((await services.auth.register("pay@d.example", "password", null)).code).toBe(
-      "WEAK_PASSWORD",
-    );
+    const { target, services } = await beforeTheLook();
     const registered = services.auth.register("pay@d.example", STRONG_PASSWORD, null);
     await Bun.sleep(1_000);
     expect(accounts(target.db.$client)).toBe(0);
@@ -367,15 +375,7 @@ describe("registrations before the start has looked at the readings (probe 95e F
   });
 
   test("a start stopped before it looks: the registrations waiting answer 503 at once, nothing written (probe 96a F6)", async () => {
-    const target = app();
-    const { services } = servicesTold(target, {
-      registrationsAfterReadings: true,
-      readingsQuiet: NO_READINGS_QUIET,
-    });
-    cleanups.push(() => services.close());
-    expect((await services.auth.register("pay@d.example", "password", null)).code).toBe(
-      "WEAK_PASSWORD",
-    );
+    const { target, services } = await beforeTheLook();
     const registered = services.auth.register("pay@d.example", STRONG_PASSWORD, null);
     const refused = expect(registered).rejects.toBeInstanceOf(ReadingsBeingWritten);
     await Bun.sleep(500);
