@@ -442,8 +442,15 @@ describe("db:verify", () => {
     // Twelve accounts of one address, written into the file with no reading: ten named (96a F1).
     for (let n = 0; n < 12; n++)
       tamper(target, insert(`z-${String(n).padStart(2, "0")}`, "same@d.example", null));
-    // An id of 100,000 characters with a reading not its address's: named cut to 64.
+    // An id of 100,000 characters with a reading not its address's: named cut to 64; and ids as
+    // long behind a NUL, and as a blob, cut too (probe 96b F1, F2: held and printed whole).
     tamper(target, insert(`long${"i".repeat(100_000)}`, "long@d.example", `${READING_VERSION}:x`));
+    tamper(
+      target,
+      `INSERT INTO users (id, email, password_hash, role, created_at, updated_at, reading)
+       VALUES ('nul' || char(0) || '${"n".repeat(100_000)}', 'nul@d.example', 'x', 'user', 0, 0, '${READING_VERSION}:x'),
+              (CAST('${"b".repeat(100_000)}' AS BLOB), 'blob@d.example', 'x', 'user', 0, 0, '${READING_VERSION}:x')`,
+    );
     // An address that reads as nothing, and the reading the service writes for it (96a F6).
     tamper(target, insert("no-address", "x".repeat(5_000), `${READING_VERSION}:`));
     // The reading index dropped: a schema fault, and the rest of the verdict given (96a F5).
@@ -451,9 +458,17 @@ describe("db:verify", () => {
     const result = await verify(target);
     expect(result.code).toBe(1);
     const lines = result.stdout.split("\n");
-    expect(lines.filter((line) => line.includes("its reading (look-alike address)"))).toEqual([
-      `users long${"i".repeat(60)}…: its reading (look-alike address) is not its address's: changed in the file, and registration no longer finds its look-alikes; clear it (UPDATE users SET reading = NULL WHERE id = that id) and the service writes it again from the address within a minute`,
-    ]);
+    const readingFault = (id: string) =>
+      `users ${id}: its reading (look-alike address) is not its address's: changed in the file, and registration no longer finds its look-alikes; clear it (UPDATE users SET reading = NULL WHERE id = that id) and the service writes it again from the address within a minute`;
+    expect(
+      lines.filter((line) => line.includes("its reading (look-alike address)")).sort(),
+    ).toEqual(
+      [
+        readingFault(`long${"i".repeat(60)}…`),
+        readingFault("nul…"),
+        readingFault(`x'${"62".repeat(32)}'`),
+      ].sort(),
+    );
     const said = (accounts: string) =>
       `look-alike accounts: ${accounts} read alike (registered before look-alikes were refused, while two releases served the file, or written into it): not a fault of the file; check one does not pass for the other`;
     const same = Array.from(
@@ -468,7 +483,7 @@ describe("db:verify", () => {
     expect(result.stderr).toStartWith(
       "palisade db:verify: its schema is not as the migrations made it;",
     );
-    expect(result.stderr).toContain("1 account's reading is not its address's");
+    expect(result.stderr).toEndWith("; 3 accounts' readings are not their addresses'");
   });
 
   test("--head and --count are checked as audit:verify checks them", async () => {

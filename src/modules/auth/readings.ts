@@ -217,8 +217,14 @@ export function checkReadings(sqlite: Database): ReadingsCheck {
   const [thisVersion, pastVersion] = versionRange();
   const storedAddress =
     "CASE WHEN typeof(email) = 'text' AND octet_length(email) <= ?1 THEN email END";
-  const namedId =
-    "CASE WHEN typeof(id) = 'text' AND length(id) > 64 THEN substr(id, 1, 64) || '…' ELSE id END";
+  // Cut in SQL, before the value is handed over: bun:sqlite hands over a whole value, and `length`
+  // of a text stops at a NUL (probe 96b F1: 10 MB behind one were held and printed whole); a
+  // blob's length is its bytes (96b F2).
+  const namedId = `CASE
+      WHEN typeof(id) = 'text' AND (octet_length(id) > 256 OR length(id) > 64)
+        THEN substr(id, 1, 64) || '…'
+      WHEN typeof(id) = 'blob' AND length(id) > 32 THEN substr(id, 1, 32)
+      ELSE id END`;
   const readingFrom = (address: string | null) =>
     address !== null && address.length <= STORED_ADDRESS_LONGEST ? readingOf(address) : thisVersion;
   const notTheirAddress: AccountNamed[] = [];
