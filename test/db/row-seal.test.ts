@@ -16,6 +16,17 @@ describe("row seals", () => {
     expect(seal(["payment", Number.POSITIVE_INFINITY])).not.toBe(seal(["payment", "Infinity"]));
   });
 
+  test("a blob (only a row written into the file holds one) seals by its bytes, apart from any text (probe 96b F3)", () => {
+    const bytes = new Uint8Array([0x70, 0x61, 0x79]);
+    expect(seal(["x", bytes])).toBe(seal(["x", new Uint8Array([0x70, 0x61, 0x79])]));
+    expect(seal(["x", bytes])).not.toBe(seal(["x", new Uint8Array([0x70, 0x61, 0x78])]));
+    for (const text of ["pay", "706179", { 0: 0x70, 1: 0x61, 2: 0x79 }, null]) {
+      expect(seal(["x", bytes])).not.toBe(seal(["x", text]));
+    }
+    // Megabytes of it are sealed as its hex (JSON wrote one key per byte: minutes for a file).
+    expect(seal(["x", new Uint8Array(4 * 1024 * 1024)])).toMatch(/^[\w-]{43}$/);
+  });
+
   test("finite values seal as before: the same fields, the same seal; another label, another seal", () => {
     expect(seal(["x", 1, "a", null])).toBe(seal(["x", 1, "a", null]));
     expect(seal(["x", 1])).not.toBe(seal(["x", "1"]));
