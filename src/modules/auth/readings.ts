@@ -53,6 +53,27 @@ const versionRange = (): [string, string] =>
   // ';' follows ':' in ASCII.
   [`${READING_VERSION}:`, `${READING_VERSION};`];
 
+/**
+ * A row's address as the readings read it, given STORED_ADDRESS_BYTES as `param`: bounded in bytes,
+ * which SQL reads without the text (probe 94d F1: `length` stops at a NUL, and a value of megabytes
+ * behind one was read whole inside a write part, 6.3 s), as registration bounds a row stored before
+ * normalisation (94d F3: read to 254 only, a padded one was given no reading, and its look-alike
+ * registered). NULL when it is no text or longer.
+ */
+const storedAddressBoundBy = (param: string) =>
+  `CASE WHEN typeof(email) = 'text' AND octet_length(email) <= ${param} THEN email END`;
+
+/**
+ * The reading of a row's address as `storedAddressBoundBy` reads it: this version with nothing
+ * after it for one that is no address, which no address reads as. The rewrite writes it and the
+ * check expects it, one function for both (probe 96a F6: the check first expected another).
+ */
+function readingOfStored(address: string | null): string {
+  return address !== null && address.length <= STORED_ADDRESS_LONGEST
+    ? readingOf(address)
+    : versionRange()[0];
+}
+
 /** Accounts whose reading is missing or of another version, given `versionRange` as ?1 and ?2. */
 const OF_ANOTHER_VERSION = "(reading IS NULL OR reading < ?1 OR reading >= ?2)";
 
@@ -106,12 +127,7 @@ export async function rewriteReadings(
   keepGoing: () => boolean,
 ): Promise<{ written: number; complete: boolean }> {
   const [thisVersion, pastVersion] = versionRange();
-  // Bounded in bytes, which SQL reads without the text (probe 94d F1: `length` stops at a NUL, and
-  // a value of megabytes behind one was read whole inside a write part, 6.3 s), as registration
-  // bounds a row stored before normalisation (94d F3: read to 254 only, a padded one was given no
-  // reading, and its look-alike registered).
-  const storedAddress =
-    "CASE WHEN typeof(email) = 'text' AND octet_length(email) <= ?3 THEN email END";
+  const storedAddress = storedAddressBoundBy("?3");
   const stale = sqlite
     .query<{ rowid: string; email: string | null }, [string, string, number]>(
       `SELECT CAST(rowid AS TEXT) AS rowid, ${storedAddress} AS email
@@ -129,15 +145,11 @@ export async function rewriteReadings(
     sqlite,
     stale,
     (row) => {
-      const reading =
-        typeof row.email === "string" && row.email.length <= STORED_ADDRESS_LONGEST
-          ? readingOf(row.email)
-          : thisVersion;
       written += write.run(
         thisVersion,
         pastVersion,
         STORED_ADDRESS_BYTES,
-        reading,
+        readingOfStored(row.email),
         row.rowid,
         row.email,
       ).changes;
@@ -215,8 +227,7 @@ function joinGroup(group: Group, account: AccountNamed): void {
  */
 export function checkReadings(sqlite: Database): ReadingsCheck {
   const [thisVersion, pastVersion] = versionRange();
-  const storedAddress =
-    "CASE WHEN typeof(email) = 'text' AND octet_length(email) <= ?1 THEN email END";
+  const storedAddress = storedAddressBoundBy("?1");
   // Cut in SQL, before the value is handed over: bun:sqlite hands over a whole value, and `length`
   // of a text stops at a NUL (probe 96b F1: 10 MB behind one were held and printed whole); a
   // blob's length is its bytes (96b F2).
@@ -225,8 +236,6 @@ export function checkReadings(sqlite: Database): ReadingsCheck {
         THEN substr(id, 1, 64) || '…'
       WHEN typeof(id) = 'blob' AND length(id) > 32 THEN substr(id, 1, 32)
       ELSE id END`;
-  const readingFrom = (address: string | null) =>
-    address !== null && address.length <= STORED_ADDRESS_LONGEST ? readingOf(address) : thisVersion;
   const notTheirAddress: AccountNamed[] = [];
   let mismatched = 0;
   const others = new Map<string, Group>();
@@ -237,7 +246,7 @@ export function checkReadings(sqlite: Database): ReadingsCheck {
     )
     .iterate(STORED_ADDRESS_BYTES);
   for (const row of rows) {
-    const expected = readingFrom(row.address);
+    const expected = readingOfStored(row.address);
     const account = { id: row.id, address: row.address };
     const ofThisVersion =
       typeof row.reading === "string" && row.reading >= thisVersion && row.reading < pastVersion;
@@ -275,7 +284,7 @@ export function checkReadings(sqlite: Database): ReadingsCheck {
   const lookAlikes: Group[] = [];
   const gather = (reading: string, group: Group) => {
     for (const holder of holders.iterate(STORED_ADDRESS_BYTES, reading)) {
-      if (readingFrom(holder.address) === reading) joinGroup(group, holder);
+      if (readingOfStored(holder.address) === reading) joinGroup(group, holder);
     }
     if (group.count > 1) lookAlikes.push(group);
   };
