@@ -99,6 +99,16 @@ function markedAndRead(path: string) {
 const accounts = (sqlite: Database) =>
   sqlite.query<{ n: number }, []>("SELECT count(*) AS n FROM users").get()!.n;
 
+/** The file's readings' marks and how many accounts it holds, read-only. */
+function marksAndAccounts(path: string) {
+  const file = new Database(path, { readonly: true });
+  try {
+    return { marks: readingsMarks(file), accounts: accounts(file) };
+  } finally {
+    file.close();
+  }
+}
+
 describe("the mark", () => {
   test("a take makes this version's mark once, drops another version's, and says what it found", () => {
     const { db } = migratedFile();
@@ -498,12 +508,7 @@ describe("a start and a command", () => {
     });
     expect(registered.status).toBe(201);
     await service.stop();
-    const file = new Database(path, { readonly: true });
-    try {
-      expect(readingsMarks(file)).toEqual([READING_VERSION]);
-    } finally {
-      file.close();
-    }
+    expect(marksAndAccounts(path).marks).toEqual([READING_VERSION]);
   }, 30_000);
 
   test("a start takes a file another release marked: its mark dropped, and a warning; the readings wait the quiet time, registrations meanwhile 503", async () => {
@@ -595,13 +600,7 @@ describe("a start and a command", () => {
       [1, false],
       [1, false],
     ]);
-    const stillUnmarked = new Database(path, { readonly: true });
-    try {
-      expect(readingsMarks(stillUnmarked)).toEqual([]);
-      expect(accounts(stillUnmarked)).toBe(1);
-    } finally {
-      stillUnmarked.close();
-    }
+    expect(marksAndAccounts(path)).toEqual({ marks: [], accounts: 1 });
     // With none of another version, it marks the file, says so (probe 95e F2: a release before
     // the mark serving it stopped, its line blaming an index), and creates the account.
     const marking = await create("root@example.test");
@@ -613,13 +612,7 @@ describe("a start and a command", () => {
     const again = await create("second@example.test");
     expect(again.code).toBe(0);
     expect(again.stderr).toBe("");
-    const after = new Database(path, { readonly: true });
-    try {
-      expect(readingsMarks(after)).toEqual([READING_VERSION]);
-      expect(accounts(after)).toBe(3);
-    } finally {
-      after.close();
-    }
+    expect(marksAndAccounts(path)).toEqual({ marks: [READING_VERSION], accounts: 3 });
   }, 30_000);
 
   test("users:create says it marked a file it did not make, accounts or none (probe 96a F3), and nothing of one it makes", async () => {
@@ -643,13 +636,7 @@ describe("a start and a command", () => {
     const fresh = await create(made);
     expect(fresh.code).toBe(0);
     expect(fresh.stderr).toBe("");
-    for (const file of [path, made]) {
-      const marked = new Database(file, { readonly: true });
-      try {
-        expect(readingsMarks(marked)).toEqual([READING_VERSION]);
-      } finally {
-        marked.close();
-      }
-    }
+    for (const file of [path, made])
+      expect(marksAndAccounts(file).marks).toEqual([READING_VERSION]);
   }, 30_000);
 });
