@@ -80,8 +80,7 @@ export function readSchema(sqlite: Database): SchemaEntry[] {
  * it locked past `busyTimeoutMs`.
  */
 export function lookAt(path: string, busyTimeoutMs: number): FileLook | null {
-  return withALook(path, (look) => {
-    look.run(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
+  return withALook(path, busyTimeoutMs, (look) => {
     const schema = readSchema(look);
     const tables = new Set(
       schema
@@ -101,9 +100,16 @@ export function lookAt(path: string, busyTimeoutMs: number): FileLook | null {
 
 /**
  * `read` of the file at `path` opened for a look, closed after; null when it cannot be opened or
- * read (not SQLite, or not what `read` expects). SQLite's error when it is locked past the wait.
+ * read (not SQLite, or not what `read` expects). SQLite's error when it is locked past
+ * `busyTimeoutMs`. The wait matters even beside a live service in WAL mode, whose readers are never
+ * blocked by its writes: the last connection to close a file takes it exclusively while it
+ * checkpoints and removes the WAL, and a look meeting that without a wait failed at once.
  */
-export function withALook<T>(path: string, read: (look: Database) => T): T | null {
+export function withALook<T>(
+  path: string,
+  busyTimeoutMs: number,
+  read: (look: Database) => T,
+): T | null {
   let look: Database;
   try {
     look = openForALook(path);
@@ -111,6 +117,7 @@ export function withALook<T>(path: string, read: (look: Database) => T): T | nul
     return null;
   }
   try {
+    look.run(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
     return read(look);
   } catch (error) {
     if (isDatabaseBusy(error)) throw error;

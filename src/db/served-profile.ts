@@ -9,6 +9,7 @@
  */
 import type { Database } from "bun:sqlite";
 import type { AppEnv } from "../config";
+import { BUSY_TIMEOUT_MS } from "./client";
 import { withALook } from "./file-look";
 
 export function recordServedProfile(sqlite: Database, profile: AppEnv, now: number): void {
@@ -26,7 +27,7 @@ export function recordServedProfile(sqlite: Database, profile: AppEnv, now: numb
  */
 export function servedProfileOf(path: string): string | null {
   try {
-    return withALook(path, (look) => {
+    return withALook(path, BUSY_TIMEOUT_MS, (look) => {
       const row = look
         .query<{ profile: unknown }, []>("SELECT profile FROM served_profile WHERE id = 1")
         .get();

@@ -10,14 +10,17 @@ import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { ConfigError } from "../../src/config";
 import { openDatabase } from "../../src/db/client";
 import { applyMigrations } from "../../src/db/migrate";
+import { servedProfileOf } from "../../src/db/served-profile";
 import { createLogger } from "../../src/logging/logger";
 import { AuditKeys } from "../../src/plugins/audit/chain";
+import { refuseKeyBesideKeyedLog } from "../../src/plugins/audit/key-file-look";
 import { NEW_LOG_KEYED } from "../../src/plugins/audit/key-match";
 import { generateApiKey } from "../../src/plugins/auth/api-key-format";
 import { pinNewAuditLog } from "../../src/upgrade-sealing";
 import { LogCapture, PRODUCTION_ENV, send } from "../support/app";
 import { cleanupsAfterEach, tempDatabaseFile } from "../support/cleanups";
 import { cliInProcess } from "../support/cli";
+import { heldLocked, madeByAnotherProcess } from "../support/held-lock";
 import { runToExit, startService } from "../support/process";
 import { startOn } from "../support/restart";
 
@@ -147,6 +150,24 @@ test("a keyed log without its key file behind a journal a look cannot apply, and
   expect(existsSync(`${fresh}.audit-key`)).toBe(true);
   expect((await cliInProcess(["users:list"], { DATABASE_PATH: fresh })).code).toBe(0);
 }, 30_000);
+
+test("the looks before a command or a start wait for a file locked for a moment, as their own connection does: its audit log is not taken for unreadable, nor its served profile for none", async () => {
+  const path = databaseFile();
+  madeByAnotherProcess(
+    path,
+    `require("./src/db/served-profile").recordServedProfile(sqlite, "production", Date.now());`,
+  );
+  // Looked at while another process holds it: a development key may be made beside it (its log
+  // holds no keyed row), and it was served with production.
+  let held = await heldLocked(path, 800);
+  refuseKeyBesideKeyedLog(path, `${path}.audit-key`);
+  expect(Date.now() - held.lockedAt).toBeGreaterThanOrEqual(700);
+  expect(await held.released()).toBe(0);
+  held = await heldLocked(path, 800);
+  expect(servedProfileOf(path)).toBe("production");
+  expect(Date.now() - held.lockedAt).toBeGreaterThanOrEqual(700);
+  expect(await held.released()).toBe(0);
+});
 
 test("a start with another AUDIT_SECRET_KEY is refused, naming the variable", () => {
   const path = databaseFile();

@@ -9,6 +9,7 @@
  */
 import { statSync } from "node:fs";
 import { ConfigError } from "../../config";
+import { BUSY_TIMEOUT_MS } from "../../db/client";
 import { withALook } from "../../db/file-look";
 import { hasAuditKeyColumn, holdsKeyedRows } from "./key-match";
 
@@ -27,7 +28,11 @@ function keyFileMissingFor(path: string): "keyed" | "unreadable" | null {
   if (size === 0) return null;
   let keyed: boolean | null;
   try {
-    keyed = withALook(path, (look) => hasAuditKeyColumn(look) && holdsKeyedRows(look));
+    keyed = withALook(
+      path,
+      BUSY_TIMEOUT_MS,
+      (look) => hasAuditKeyColumn(look) && holdsKeyedRows(look),
+    );
   } catch {
     keyed = null;
   }
