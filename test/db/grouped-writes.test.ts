@@ -6,7 +6,7 @@
 import { Database } from "bun:sqlite";
 import { expect, test } from "bun:test";
 import { openDatabase } from "../../src/db/client";
-import { groupedWrites } from "../../src/db/grouped-writes";
+import { groupedWrites, RETRY_GAP_MS } from "../../src/db/grouped-writes";
 import { cleanupsAfterEach, tempDatabaseFile } from "../support/cleanups";
 
 const cleanups = cleanupsAfterEach();
@@ -139,8 +139,11 @@ test("a write whose failure makes SQLite end the whole transaction fails alone; 
   const writes = groupedWrites(sqlite);
   const runs = [0, 0, 0];
   let seenInTheGap: number[] = [];
+  let endedAt = 0;
+  let ranAgainAt = 0;
   const first = writes.run(() => {
     runs[0]!++;
+    if (runs[0] === 2) ranAgainAt = performance.now();
     sqlite.run("INSERT INTO t (n) VALUES (1)");
   });
   // As SQLite does on some I/O and full-disk errors, and a trigger's RAISE(ROLLBACK) on purpose:
@@ -150,15 +153,17 @@ test("a write whose failure makes SQLite end the whole transaction fails alone; 
     sqlite.run("ROLLBACK");
   });
   // Between the two rounds the lock is free for another process: one that waits for it (polling
-  // every few ms) is not locked out by round after round.
-  ending.catch(() =>
-    setImmediate(() => {
-      other.run("BEGIN IMMEDIATE");
-      other.run("INSERT INTO t (n) VALUES (99)");
-      other.run("COMMIT");
-      seenInTheGap = rowsSeenBy(other);
-    }),
-  );
+  // every few ms) is not locked out by round after round. Taken as soon as the failed write hears
+  // it, before the round runs again: a turn later, on a loaded machine, the gap had passed.
+  let retriedBeforeTheGap: number[] = [];
+  ending.catch(() => {
+    endedAt = performance.now();
+    retriedBeforeTheGap = [...runs];
+    other.run("BEGIN IMMEDIATE");
+    other.run("INSERT INTO t (n) VALUES (99)");
+    other.run("COMMIT");
+    seenInTheGap = rowsSeenBy(other);
+  });
   const outcomes = await settled([
     first,
     ending,
@@ -171,7 +176,11 @@ test("a write whose failure makes SQLite end the whole transaction fails alone; 
   // The first ran again (its row had gone with the transaction); the third ran once, in the second
   // transaction; the one that ended the first never ran again.
   expect(runs).toEqual([2, 1, 1]);
+  // In the gap: the first write had run once, and the third not yet.
+  expect(retriedBeforeTheGap).toEqual([1, 1, 0]);
   expect(seenInTheGap).toEqual([99]);
+  // And the round ran again only after the gap (a timer never fires early; 1 ms for its rounding).
+  expect(ranAgainAt - endedAt).toBeGreaterThanOrEqual(RETRY_GAP_MS - 1);
   expect(rowsSeenBy(other)).toEqual([1, 3, 99]);
   expect(sqlite.inTransaction).toBe(false);
 });
