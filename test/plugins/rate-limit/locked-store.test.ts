@@ -60,8 +60,10 @@ test("checks wait for the lock without blocking, and are decided when it goes", 
   clearInterval(ticker);
   expect(outcomes.map((o) => o[0]!.admitted)).toEqual([true, true, true]);
   expect(performance.now() - started).toBeGreaterThanOrEqual(390);
-  // The event loop ran while they waited: a blocked loop would have ticked a few times at most.
-  expect(ticks).toBeGreaterThan(10);
+  // The event loop ran while they waited: blocked for the wait, an interval fires once after it
+  // (it does not catch up). Not ~40: each try meets the lock for up to REQUEST_BUSY_TIMEOUT_MS,
+  // and with two test workers side by side it ticked only 10 times.
+  expect(ticks).toBeGreaterThan(3);
 });
 
 test("checks still locked out after the bounded wait reject; later ones succeed", async () => {
