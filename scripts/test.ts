@@ -8,9 +8,16 @@
  * user's machine with only Bun passes — and the files that only those tests exercise are left
  * out of the coverage gate, with a notice saying so. In CI (`CI=true`) a missing server is a
  * failure instead: `.ci/run` installs them, so the tests and the gate run in full there.
+ *
+ * The files run in worker processes side by side (`bun test --parallel`), one a core up to
+ * MAX_WORKERS, the slowest first as test/timings.json records them; Bun merges their coverage
+ * before the gate. Most tests spend their time waiting on processes they start (the service, the
+ * CLI, Redis, the SDKs' local servers), so two workers finish the suite well before one. Each file
+ * still runs alone in its worker, in a fresh global (`--isolate`). `TEST_WORKERS=1` runs every file
+ * in one process, as before; `bun run test --update-timings` records this run's durations.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 
 interface TestServer {
@@ -54,7 +61,32 @@ if (missing.length > 0 && inCi) {
   process.exit(1);
 }
 
-const args = ["test", "--coverage", "--timeout", "20000", ...process.argv.slice(2)];
+/** Workers at most: past two, the tests' own processes outnumber the cores of a small VM. */
+const MAX_WORKERS = 2;
+const TIMINGS = "test/timings.json";
+
+function workerCount(): number {
+  const asked = process.env.TEST_WORKERS;
+  if (asked !== undefined && asked !== "") {
+    const count = Number(asked);
+    if (!Number.isInteger(count) || count < 1) {
+      process.stderr.write(
+        `test: TEST_WORKERS must be a whole number of 1 or more, not ${asked}\n`,
+      );
+      process.exit(2);
+    }
+    return count;
+  }
+  return Math.min(MAX_WORKERS, availableParallelism());
+}
+
+const workers = workerCount();
+const given = process.argv.slice(2);
+const parallel = [
+  ...(workers > 1 ? [`--parallel=${workers}`] : []),
+  ...(workers > 1 || given.includes("--update-timings") ? [`--timings=${TIMINGS}`] : []),
+];
+const args = ["test", "--coverage", "--timeout", "20000", ...parallel, ...given];
 let configDir: string | null = null;
 if (missing.length > 0) {
   for (const server of missing) {
