@@ -161,12 +161,12 @@ test("the looks before a command or a start wait for a file locked for a moment,
   // holds no keyed row), and it was served with production.
   let held = await heldLocked(path, 800);
   refuseKeyBesideKeyedLog(path, `${path}.audit-key`);
-  expect(Date.now() - held.lockedAt).toBeGreaterThanOrEqual(700);
-  expect(await held.released()).toBe(0);
+  let answeredAt = Date.now();
+  expect(answeredAt).toBeGreaterThanOrEqual(await held.releasedAt());
   held = await heldLocked(path, 800);
   expect(servedProfileOf(path)).toBe("production");
-  expect(Date.now() - held.lockedAt).toBeGreaterThanOrEqual(700);
-  expect(await held.released()).toBe(0);
+  answeredAt = Date.now();
+  expect(answeredAt).toBeGreaterThanOrEqual(await held.releasedAt());
 });
 
 test("a start with another AUDIT_SECRET_KEY is refused, naming the variable", () => {

@@ -42,17 +42,23 @@ export async function heldLocked(path: string, holdMs: number) {
        db.run("CREATE TABLE IF NOT EXISTS held (x)");
        db.run("INSERT INTO held VALUES (1)");
        console.log("held");
-       setTimeout(() => db.close(), ${holdMs});`,
+       setTimeout(() => { const at = Date.now(); db.close(); console.log(at); }, ${holdMs});`,
       path,
     ],
     { stdout: "pipe", stderr: "inherit" },
   );
-  const said = await holder.stdout.getReader().read();
+  const reader = holder.stdout.getReader();
+  const said = await reader.read();
   expect(new TextDecoder().decode(said.value)).toBe("held\n");
   return {
-    lockedAt: Date.now(),
-    async released() {
-      return await holder.exited;
+    /** Just before the holder let the file go (by this machine's clock), once it has exited. */
+    async releasedAt(): Promise<number> {
+      let rest = "";
+      for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+        rest += new TextDecoder().decode(chunk.value);
+      }
+      expect(await holder.exited).toBe(0);
+      return Number(rest.trim());
     },
   };
 }
