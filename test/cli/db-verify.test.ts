@@ -746,6 +746,36 @@ describe("db:backup's seal check", () => {
     expect(again.stdout).toContain(`users ${user.id}: does not match its seal`);
   });
 
+  test("a copy holding an account's reading changed in the file is written, the account named on stderr, exit 3; the readings of a copy that holds none so are said intact", async () => {
+    const target = accountsApp();
+    const latin = await signUp(target, { email: "pay@d.example" });
+    await signUp(target, { email: "someone@d.example" });
+    const dir = tempDir("palisade-verify-");
+    cleanups.push(dir.remove);
+    const before = join(dir.path, "before.db");
+    const intact = await cli(["db:backup", before], { DATABASE_PATH: target.databasePath });
+    expect({ code: intact.code, stderr: intact.stderr }).toEqual({ code: 0, stderr: "" });
+    expect(intact.stdout).toContain(", seals intact, readings intact");
+    // Unsealed: the seal sweep passes it, and the copy was said whole.
+    tamper(
+      target,
+      `UPDATE users SET reading = '${READING_VERSION}:elsewhere' WHERE id = '${latin.userId}'`,
+    );
+    const copy = join(dir.path, "copy.db");
+    const result = await cli(["db:backup", copy], { DATABASE_PATH: target.databasePath });
+    expect(result.code).toBe(3);
+    expect(existsSync(copy)).toBe(true);
+    expect(result.stdout).toContain(", seals intact");
+    expect(result.stdout).not.toContain("readings intact");
+    expect(result.stderr.split("\n")).toEqual([
+      `users ${latin.userId}: its reading (look-alike address) is not its address's: changed in the file, and registration no longer finds its look-alikes; clear it (UPDATE users SET reading = NULL WHERE id = that id) and the service writes it again from the address within a minute`,
+      "in the copy, as in DATABASE_PATH, 1 account's reading is not its address's: run db:verify on it",
+    ]);
+    const again = await cli(["db:verify"], { DATABASE_PATH: copy });
+    expect(again.code).toBe(1);
+    expect(again.stderr).toBe("palisade db:verify: 1 account's reading is not its address's");
+  });
+
   test("an untouched file's copy says its seals are intact and exits 0", async () => {
     const target = await populated();
     const dir = tempDir("palisade-verify-");

@@ -204,12 +204,20 @@ function shapeFaults(sqlite: Database): { lines: string[]; fault: string; sealsR
  * read so (its shape changed: the schema lines say how) is said to be, and the rest of the verdict
  * given (probe 96a F5).
  */
-export function readingsLines(sqlite: Database): { lines: string[]; fault: string | null } {
+export function readingsLines(sqlite: Database): {
+  lines: string[];
+  /** The first of `lines`: those that name what is a fault (and how many more were not named). */
+  faultLines: number;
+  fault: string | null;
+  /** The line saying the readings could not be checked, when they could not. */
+  notChecked: string | null;
+} {
   let found: ReturnType<typeof checkReadings>;
   try {
     found = checkReadings(sqlite);
   } catch (error) {
-    return { lines: [`readings: not checked: ${firstLine(error)}`], fault: null };
+    const notChecked = `readings: not checked: ${firstLine(error)}`;
+    return { lines: [notChecked], faultLines: 0, fault: null, notChecked };
   }
   const { notTheirAddress, lookAlikes, othersNotCompared } = found;
   const lines = notTheirAddress.named.map(
@@ -219,6 +227,7 @@ export function readingsLines(sqlite: Database): { lines: string[]; fault: strin
   if (notTheirAddress.count > lines.length) {
     lines.push(`… and ${notTheirAddress.count - lines.length} more not named`);
   }
+  const faultLines = lines.length;
   const named = lookAlikes.slice(0, NAMED_GROUPS).map((group) => {
     const accounts = group.named
       .map((account) => `${shownAddress(account.address)} (${shownId(account.id)})`)
@@ -243,6 +252,8 @@ export function readingsLines(sqlite: Database): { lines: string[]; fault: strin
   const count = notTheirAddress.count;
   return {
     lines,
+    faultLines,
+    notChecked: null,
     fault:
       count === 0
         ? null

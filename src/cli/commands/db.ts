@@ -37,7 +37,13 @@ import { describeFailure } from "../../plugins/audit/verify";
 import { sweepSeals } from "../../seal-sweep";
 import { stopSignals } from "../../stop-signals";
 import { CliError, type Command, EXIT_USAGE } from "../command";
-import { failedRows, findingsPhrase, integrityProblems, sweepLines } from "./db-verify";
+import {
+  failedRows,
+  findingsPhrase,
+  integrityProblems,
+  readingsLines,
+  sweepLines,
+} from "./db-verify";
 
 export const dbMigrate: Command = {
   name: "db:migrate",
@@ -142,20 +148,31 @@ export const dbBackup: Command = {
         }
       }
       const tampered = failedRows(rows.seals);
+      const { readings } = rows;
       context.out(
         `backup written to ${target}: integrity ok, audit chain intact (${rows.checked} rows; head ${rows.head.hash} count ${rows.head.count})` +
           (tampered === 0 ? ", seals intact" : "") +
+          (readings.fault === null && readings.notChecked === null ? ", readings intact" : "") +
           (config.audit.developmentKeyFile ? `; development audit key copied to ${keyTarget}` : ""),
       );
-      if (tampered === 0) return 0;
+      if (readings.notChecked !== null) context.err(readings.notChecked);
+      if (tampered === 0 && readings.fault === null) return 0;
       // Written all the same: it is the file as the service holds it, and the newest copy there
       // is. The exit status is what a cron job or a systemd unit sees.
-      for (const line of sweepLines(rows.seals)) context.err(line);
-      context.err(
-        rows.seals.unreadable === 0 && rows.seals.restored === 0
-          ? `the copy holds ${tampered === 1 ? "1 row that does not match its seal" : `${tampered} rows that do not match their seals`}, as DATABASE_PATH does: run db:verify on it`
-          : `the copy holds what DATABASE_PATH holds (${findingsPhrase(rows.seals)}): run db:verify on it`,
-      );
+      if (tampered > 0) {
+        for (const line of sweepLines(rows.seals)) context.err(line);
+        context.err(
+          rows.seals.unreadable === 0 && rows.seals.restored === 0
+            ? `the copy holds ${tampered === 1 ? "1 row that does not match its seal" : `${tampered} rows that do not match their seals`}, as DATABASE_PATH does: run db:verify on it`
+            : `the copy holds what DATABASE_PATH holds (${findingsPhrase(rows.seals)}): run db:verify on it`,
+        );
+      }
+      if (readings.fault !== null) {
+        // Unsealed, so the seal sweep passes them (modules/auth/readings): a reading changed in
+        // the file lets that account's look-alikes register until it is written again.
+        for (const line of readings.lines.slice(0, readings.faultLines)) context.err(line);
+        context.err(`in the copy, as in DATABASE_PATH, ${readings.fault}: run db:verify on it`);
+      }
       return EXIT_WRITTEN_WITH_FINDINGS;
     } finally {
       stop.release();
@@ -322,7 +339,7 @@ function verifyCopy(path: string, auditSecret: string) {
     if (!result.ok) {
       throw new CliError(`the copy's audit chain: ${describeFailure(result)}`);
     }
-    return { ...result, seals: sweepSeals(copy, auditSecret) };
+    return { ...result, seals: sweepSeals(copy, auditSecret), readings: readingsLines(copy) };
   } catch (error) {
     if (error instanceof SQLiteError) {
       throw new CliError(`the copy cannot be checked: ${firstLine(error)}`);
