@@ -746,7 +746,7 @@ describe("db:backup's seal check", () => {
     expect(again.stdout).toContain(`users ${user.id}: does not match its seal`);
   });
 
-  test("a copy holding an account's reading changed in the file is written, the account named on stderr, exit 3; the readings of a copy that holds none so are said intact", async () => {
+  test("a copy holding an account's reading changed in the file, or readings that cannot be read, is written, said on stderr, exit 3; the readings of a copy that holds neither are said intact", async () => {
     const target = accountsApp();
     const latin = await signUp(target, { email: "pay@d.example" });
     await signUp(target, { email: "someone@d.example" });
@@ -774,6 +774,21 @@ describe("db:backup's seal check", () => {
     const again = await cli(["db:verify"], { DATABASE_PATH: copy });
     expect(again.code).toBe(1);
     expect(again.stderr).toBe("palisade db:verify: 1 account's reading is not its address's");
+
+    // A users table whose readings cannot be read, which a start refuses: written, exit 3 too,
+    // not 0 (probe 97a F1: a cron job counted it a good backup).
+    tamper(target, "DROP INDEX users_reading; ALTER TABLE users DROP COLUMN reading");
+    const unreadable = join(dir.path, "unreadable.db");
+    const notChecked = await cli(["db:backup", unreadable], {
+      DATABASE_PATH: target.databasePath,
+    });
+    expect(notChecked.code).toBe(3);
+    expect(existsSync(unreadable)).toBe(true);
+    expect(notChecked.stdout).not.toContain("readings intact");
+    expect(notChecked.stderr.split("\n")).toEqual([
+      "readings: not checked: no such column: reading",
+      "the copy's readings could not be checked, as DATABASE_PATH's cannot: its users table is not in this release's shape; run db:verify on it",
+    ]);
   });
 
   test("an untouched file's copy says its seals are intact and exits 0", async () => {
