@@ -104,28 +104,41 @@ export function lookAt(path: string, busyTimeoutMs: number): FileLook | null {
  * `busyTimeoutMs`. The wait matters even beside a live service in WAL mode, whose readers are never
  * blocked by its writes: the last connection to close a file takes it exclusively while it
  * checkpoints and removes the WAL, and a look meeting that without a wait failed at once.
+ *
+ * A locked file is tried again every LOOK_RETRY_MS, opened afresh each time, rather than waited for
+ * on one connection (SQLite's busy timeout): that connection was opened for a file with a WAL
+ * beside it, and once the holder had closed it and removed its WAL, it read the file through a new
+ * `-shm` and `-wal` it could not remove (probe 97b F1: left beside another application's database
+ * it then refused). Tried again, a file the holder left at rest is read as `immutable`.
  */
 export function withALook<T>(
   path: string,
   busyTimeoutMs: number,
   read: (look: Database) => T,
 ): T | null {
-  let look: Database;
-  try {
-    look = openForALook(path);
-  } catch {
-    return null;
-  }
-  try {
-    look.run(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
-    return read(look);
-  } catch (error) {
-    if (isDatabaseBusy(error)) throw error;
-    return null;
-  } finally {
-    look.close();
+  const deadline = Date.now() + busyTimeoutMs;
+  for (;;) {
+    let look: Database;
+    try {
+      look = openForALook(path);
+    } catch {
+      return null;
+    }
+    try {
+      look.run("PRAGMA busy_timeout = 0");
+      return read(look);
+    } catch (error) {
+      if (!isDatabaseBusy(error)) return null;
+      if (Date.now() >= deadline) throw error;
+    } finally {
+      look.close();
+    }
+    Bun.sleepSync(LOOK_RETRY_MS);
   }
 }
+
+/** How long a look waits before it tries a locked file again. */
+export const LOOK_RETRY_MS = 20;
 
 /**
  * The `created_at` of each row of the migrations table; none when it has no such column (another

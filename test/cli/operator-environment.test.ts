@@ -151,7 +151,7 @@ test("a keyed log without its key file behind a journal a look cannot apply, and
   expect((await cliInProcess(["users:list"], { DATABASE_PATH: fresh })).code).toBe(0);
 }, 30_000);
 
-test("the looks before a command or a start wait for a file locked for a moment, as their own connection does: its audit log is not taken for unreadable, nor its served profile for none", async () => {
+test("the looks before a command or a start wait for a file locked for a moment, as their own connection does: its audit log is not taken for unreadable, nor its served profile for none, and nothing is left beside it", async () => {
   const path = databaseFile();
   madeByAnotherProcess(
     path,
@@ -159,14 +159,19 @@ test("the looks before a command or a start wait for a file locked for a moment,
   );
   // Looked at while another process holds it: a development key may be made beside it (its log
   // holds no keyed row), and it was served with production.
+  // And nothing is left beside it: a look that waited on one connection read it, once the holder
+  // had removed its WAL, through a new -shm and -wal it could not remove (probe 97b F1).
+  const besideIt = () => [`${path}-wal`, `${path}-shm`].filter((side) => existsSync(side));
   let held = await heldLocked(path, 800);
   refuseKeyBesideKeyedLog(path, `${path}.audit-key`);
   let answeredAt = Date.now();
   expect(answeredAt).toBeGreaterThanOrEqual(await held.releasedAt());
+  expect(besideIt()).toEqual([]);
   held = await heldLocked(path, 800);
   expect(servedProfileOf(path)).toBe("production");
   answeredAt = Date.now();
   expect(answeredAt).toBeGreaterThanOrEqual(await held.releasedAt());
+  expect(besideIt()).toEqual([]);
 });
 
 test("a start with another AUDIT_SECRET_KEY is refused, naming the variable", () => {
