@@ -14,8 +14,9 @@
  * before the gate. Part of a test's time is spent waiting on processes it starts (the service, the
  * CLI, Redis, the SDKs' local servers), so two workers finish the suite sooner than one even on two
  * cores (713 → 528 s here). But the load they add made tests fail that one process never showed
- * (timing races in the tests: 3 of 9 two-worker runs failed, each on another file; two of those
- * fixed), so by default every file runs in one process, as CI runs it. `bun run test --update-timings` records the durations.
+ * (timing races in the tests: 2 of 9 two-worker runs failed on one, each fixed since, with too
+ * few clean runs after to trust the rest), so by default every file runs in one process, as CI
+ * runs it. `bun run test --update-timings` records the durations.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
